@@ -1,0 +1,171 @@
+"""W_a: the training-free map from output hidden states back to the input-embedding space.
+
+A last-layer hidden state h is what ``lm_head`` reads; an input embedding is what layer 0 reads. LatentMAS maps one
+onto the other with the ridge solution of ``W_out · W_a ≈ W_in``:
+
+    W_a = (W_outᵀ W_out + λ I)⁻¹ W_outᵀ W_in          (W_out = lm_head weight [V, d], W_in = input embeddings [V, d])
+
+so that ``h · W_a`` is the embedding-space point whose "vocabulary reading" matches h's. Then the vector is rescaled to
+the mean norm of the embeddings the model actually sees (``target_norm``).
+
+Details that matter for exactness:
+* float64 accumulation (chunked over the vocabulary: V·d² work, d² memory) — the Gram matrix of a 150k-row lm_head is
+  badly conditioned in float32;
+* untied lm_head (Qwen2.5 GGUFs) is just a different W_out; tied models give W_out = W_in;
+* embedding scaling: Gemma-3 multiplies embeddings by √d *inside* its embedding layer, so W_in and the target norm are
+  taken from the embedding layer's output, not its weight;
+* W_a depends only on those two matrices, so it is cached in a file keyed by a fingerprint of exactly them.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RIDGE_LAMBDA = 1e-5
+_CHUNK_ROWS = 16384
+
+
+@dataclass
+class Alignment:
+    w_a: torch.Tensor  # [d, d] float32
+    target_norm: float
+    fingerprint: str
+    ridge_lambda: float
+
+    def to(self, device, dtype) -> "Alignment":
+        return Alignment(self.w_a.to(device=device, dtype=dtype), self.target_norm, self.fingerprint, self.ridge_lambda)
+
+
+def _effective_input_embeddings(model, rows: slice) -> torch.Tensor:
+    """Rows of what the embedding layer outputs (includes any scaling done inside the layer)."""
+    emb = model.get_input_embeddings()
+    ids = torch.arange(rows.start, rows.stop, device=emb.weight.device)
+    with torch.no_grad():
+        return emb(ids)
+
+
+def _output_matrix(model) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head); it is not a causal LM")
+    return head.weight
+
+
+def weight_fingerprint(model) -> str:
+    """sha256 over the bytes of the effective input-embedding map and lm_head (what W_a depends on)."""
+    h = hashlib.sha256()
+    emb_w = model.get_input_embeddings().weight
+    out_w = _output_matrix(model)
+    for t in (emb_w, out_w):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    # Scaling inside the embedding layer: probe token 0 and record the ratio to the raw weight row.
+    probe = _effective_input_embeddings(model, slice(0, 1)).float().cpu()
+    raw = emb_w[:1].detach().float().cpu()
+    scale = float(probe.norm() / raw.norm()) if float(raw.norm()) > 0 else 1.0
+    h.update(f"embed_scale={scale:.8g};tied={emb_w.data_ptr() == out_w.data_ptr()}".encode())
+    return h.hexdigest()
+
+
+def target_norm(model) -> float:
+    """Mean L2 norm of the input embeddings as the first layer sees them."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    total = 0.0
+    for start in range(0, vocab, _CHUNK_ROWS):
+        rows = _effective_input_embeddings(model, slice(start, min(vocab, start + _CHUNK_ROWS)))
+        total += float(rows.double().norm(dim=-1).sum())
+    return total / vocab
+
+
+def compute_alignment(model, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA) -> Alignment:
+    """Solve the ridge system in float64 on the model's device (chunked Gram accumulation)."""
+    out_w = _output_matrix(model)
+    vocab, d = out_w.shape
+    dev = out_w.device
+    acc_dtype = torch.float64 if dev.type != "mps" else torch.float32
+    gram = torch.zeros(d, d, dtype=acc_dtype, device=dev)
+    cross = torch.zeros(d, d, dtype=acc_dtype, device=dev)
+    norm_sum = 0.0
+    with torch.no_grad():
+        for start in range(0, vocab, _CHUNK_ROWS):
+            sl = slice(start, min(vocab, start + _CHUNK_ROWS))
+            wo = out_w[sl].to(acc_dtype)
+            wi = _effective_input_embeddings(model, sl).to(acc_dtype)
+            gram += wo.T @ wo
+            cross += wo.T @ wi
+            norm_sum += float(wi.norm(dim=-1).sum())
+        gram += ridge_lambda * torch.eye(d, dtype=acc_dtype, device=dev)
+        w_a = torch.linalg.solve(gram, cross)
+    return Alignment(
+        w_a=w_a.to(torch.float32).cpu(),
+        target_norm=norm_sum / vocab,
+        fingerprint=weight_fingerprint(model),
+        ridge_lambda=float(ridge_lambda),
+    )
+
+
+def save_alignment(al: Alignment, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    from latentmas.records import atomic_path
+
+    meta = {"target_norm": repr(al.target_norm), "fingerprint": al.fingerprint, "ridge_lambda": repr(al.ridge_lambda),
+            "format": "latentmas-alignment-1"}
+    with atomic_path(path) as tmp:
+        save_file({"w_a": al.w_a.contiguous()}, str(tmp), metadata=meta)
+
+
+def load_alignment(path: str | Path) -> Alignment:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        w_a = f.get_tensor("w_a")
+    return Alignment(w_a=w_a, target_norm=float(meta["target_norm"]), fingerprint=meta["fingerprint"],
+                     ridge_lambda=float(meta["ridge_lambda"]))
+
+
+def load_or_compute(model, path: str | Path | None, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA) -> Alignment:
+    """Reuse the file when it belongs to these weights and this λ; otherwise compute (and save when a path is given)."""
+    fp = None
+    if path is not None and Path(path).exists():
+        al = load_alignment(path)
+        fp = weight_fingerprint(model)
+        if al.fingerprint == fp and al.ridge_lambda == float(ridge_lambda):
+            log.info("W_a loaded from %s", path)
+            return al
+        log.warning("%s belongs to other weights or λ (fingerprint/λ differ); recomputing", path)
+    al = compute_alignment(model, ridge_lambda)
+    if path is not None:
+        save_alignment(al, path)
+    return al
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="latentmas align", description="Compute and cache W_a and the target norm.")
+    ap.add_argument("--model", required=True, help="model folder")
+    ap.add_argument("--ridge-lambda", type=float, default=DEFAULT_RIDGE_LAMBDA)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    from latentmas.models import ModelLoadError, load_model
+
+    try:
+        lm = load_model(args.model, dtype="float32", device=args.device, attn_implementation=None,
+                        require_chat_template=False)
+    except ModelLoadError as exc:
+        print(f"latentmas align: error: {exc}", file=sys.stderr)
+        return 1
+    al = load_or_compute(lm.model, args.out, args.ridge_lambda)
+    print(json.dumps({"out": args.out, "target_norm": al.target_norm, "fingerprint": al.fingerprint,
+                      "ridge_lambda": al.ridge_lambda, "d": al.w_a.shape[0]}))
+    return 0

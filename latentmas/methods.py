@@ -1,0 +1,142 @@
+"""The three methods over one batch of samples: ``baseline``, ``text_mas``, ``latent_mas``.
+
+* ``baseline``: the ``single`` topology, one agent answers.
+* ``text_mas``: every agent decodes text; an agent's prompt inlines the texts of the agents it ``sees``.
+  Each agent starts from an empty cache (that is what passing text means).
+* ``latent_mas``: non-final agents read their prompt on top of the shared cache and think ``latent_steps`` steps in
+  latent space; the cache (all layers; prompt + latent positions of every agent, subject to the ``memory`` policy) is
+  the working memory the next agent continues on. The final agent decodes the answer on top of it.
+
+``latent_steps: 0`` in latent_mas means: agents write their prompts into the shared memory and think zero steps, so
+the final agent still attends to every predecessor's prompt (the original code silently dropped all predecessors'
+memory here; we do not — see docs/ENGINE.md).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from latentmas.decoding import DecodeSettings, decode
+from latentmas.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.latent import LatentMapper, latent_rollout
+from latentmas.models import LoadedModel, encode, render_chat
+from latentmas.topology import Topology
+
+METHODS = ("baseline", "text_mas", "latent_mas")
+MEMORY_POLICIES = ("all", "previous", "latent_only")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    method: str
+    latent_steps: int = 0
+    memory: str = "all"
+    decode: DecodeSettings = DecodeSettings(max_new_tokens=512)
+    agent_max_new_tokens: int | None = None  # non-final text_mas agents; None = decode.max_new_tokens
+    think: bool | None = None
+
+
+@dataclass
+class SampleInput:
+    sample_id: str
+    question: str
+    answer_instruction: str
+    seed: int
+
+
+@dataclass
+class SampleOutput:
+    final_text: str = ""
+    agents: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def _generators(samples: list[SampleInput], agent_index: int, device: torch.device) -> list[torch.Generator]:
+    gens = []
+    for s in samples:
+        g = torch.Generator(device=device)
+        g.manual_seed((s.seed * 1_000_003 + agent_index) % (2**63 - 1))
+        gens.append(g)
+    return gens
+
+
+def _agent_record(name: str, input_tokens: int, latent_steps: int, generated: int, wall: float,
+                  text: str | None, latent: dict | None) -> dict:
+    return {"name": name, "input_tokens": input_tokens, "latent_steps": latent_steps, "generated_tokens": generated,
+            "wall_s": round(wall, 6), "text": text, "latent": latent}
+
+
+def _decode_agent(lm: LoadedModel, batch: SequenceBatch, prompts: list[list[int]], settings: DecodeSettings,
+                  name: str, gens, alive: torch.Tensor):
+    ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
+    logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
+    return decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive)
+
+
+def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
+              mapper: LatentMapper | None = None) -> list[SampleOutput]:
+    if settings.method not in METHODS:
+        raise ValueError(f"unknown method {settings.method!r}; use one of {', '.join(METHODS)}")
+    if settings.method == "latent_mas":
+        if mapper is None:
+            raise ValueError("latent_mas needs a LatentMapper (target norm, optional W_a)")
+        if settings.memory not in MEMORY_POLICIES:
+            raise ValueError(f"unknown memory policy {settings.memory!r}; use one of {', '.join(MEMORY_POLICIES)}")
+    tok = lm.tokenizer
+    bsz = len(samples)
+    outs = [SampleOutput() for _ in samples]
+    alive = torch.ones(bsz, dtype=torch.bool, device=lm.device)
+    texts: list[dict[str, str]] = [{} for _ in samples]
+    shared = SequenceBatch.empty(lm.model, bsz, lm.device) if settings.method == "latent_mas" else None
+    mode = {"baseline": "none", "text_mas": "text", "latent_mas": "latent"}[settings.method]
+
+    for a_idx, agent in enumerate(topo.agents):
+        t0 = time.perf_counter()
+        prompts = [
+            encode(tok, render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
+                                    settings.think))
+            for i, s in enumerate(samples)
+        ]
+        gens = None if settings.decode.greedy else _generators(samples, a_idx, lm.device)
+        if settings.method == "latent_mas" and not agent.final:
+            ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
+            hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
+            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive)
+            wall = (time.perf_counter() - t0) / bsz
+            for i in range(bsz):
+                failed = trace.failed_at[i]
+                if failed is not None and alive[i]:
+                    outs[i].error = f"non-finite latent at agent {agent.name} step {failed}"
+                    alive[i] = False
+                outs[i].agents.append(_agent_record(
+                    agent.name, len(prompts[i]), settings.latent_steps, 0, wall, None,
+                    {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
+            continue
+
+        if settings.method == "latent_mas":
+            batch = shared
+            prev = topo.agents[a_idx - 1].name if a_idx > 0 else None
+            cols = memory_columns(batch, settings.memory, prev)
+            if cols is not None:
+                batch = keep_columns(lm.model, batch, cols)
+        else:
+            batch = SequenceBatch.empty(lm.model, bsz, lm.device)
+        limit = settings.decode.max_new_tokens
+        if not agent.final and settings.agent_max_new_tokens is not None:
+            limit = settings.agent_max_new_tokens
+        dec_settings = DecodeSettings(limit, settings.decode.greedy, settings.decode.temperature, settings.decode.top_p)
+        res = _decode_agent(lm, batch, prompts, dec_settings, agent.name, gens, alive)
+        wall = (time.perf_counter() - t0) / bsz
+        for i in range(bsz):
+            text = tok.decode(res.tokens[i], skip_special_tokens=True)
+            if res.nonfinite_at[i] is not None and alive[i]:
+                outs[i].error = f"non-finite logits at agent {agent.name} token {res.nonfinite_at[i]}"
+                alive[i] = False
+            texts[i][agent.name] = text
+            outs[i].agents.append(_agent_record(agent.name, len(prompts[i]), 0, len(res.tokens[i]), wall,
+                                                text if settings.method == "text_mas" else None, None))
+            if agent.final:
+                outs[i].final_text = text
+    return outs

@@ -1,0 +1,168 @@
+"""Load any decoder-only causal LM that transformers supports, with an explicit dtype/device policy.
+
+Why a module of its own: the original code asserted "qwen" in the model name. Nothing here looks at names: the
+architecture comes from ``config.json``, the prompt format from the tokenizer's chat template, the decoder stack from
+``model.base_model``. A model without a chat template is an error unless the config names a fallback template, so a
+run never silently uses a format the model was not trained on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Fallback chat templates a user may name explicitly (config key ``chat_template``). Our own minimal jinja.
+FALLBACK_TEMPLATES = {
+    "chatml": (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+    "plain": (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+        "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n\n"
+        "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}Answer:{% endif %}"
+    ),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder/spec cannot be used; the message names the path and what is wrong."""
+
+
+class ChatTemplateError(ModelLoadError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    path: str
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def decoder(self):
+        """The transformer stack without the LM head: latent steps need hidden states, never vocabulary logits."""
+        return self.model.base_model
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if src is None:
+                continue
+            ids.update(src if isinstance(src, (list, tuple)) else [src])
+        # Chat models end a turn with an end-of-turn token that may differ from the EOS token.
+        for special in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(special)
+            if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return sorted(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        if pid is None:
+            pid = self.eos_token_ids[0]
+        return int(pid)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` = bf16 on GPU (speed, memory), fp32 on CPU (bf16 is not faster on CPU and loses exactness)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def _is_local_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def model_name_of(path: str) -> str:
+    p = Path(path)
+    src = p / "latentmas_source.json"
+    if src.exists():
+        try:
+            return json.loads(src.read_text()).get("name") or p.name
+        except json.JSONDecodeError:
+            pass
+    return p.name if p.exists() else path
+
+
+def load_model(
+    path: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    chat_template: str | None = None,
+    attn_implementation: str | None = "sdpa",
+    require_chat_template: bool = True,
+) -> LoadedModel:
+    """Load a model folder (or a Hub id, online) in eval mode.
+
+    ``chat_template``: None = the tokenizer's own (error if it has none); a key of FALLBACK_TEMPLATES; or a jinja
+    string. GGUF files are converted to a folder first by ``latentmas fetch-model``, never loaded raw at run time
+    (conversion takes a minute; doing it per job would waste cluster time).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if p.suffix == ".gguf":
+        raise ModelLoadError(f"{path}: convert GGUF files once with `latentmas fetch-model gguf:{path} --out DIR`")
+    if not _is_local_model_dir(p):
+        if p.exists() or "/" not in path or path.startswith((".", "/")):
+            raise ModelLoadError(f"{path}: not a model folder (no config.json) and not a Hub id")
+        log.info("%s is not a local folder: treating it as a Hub id", path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        kwargs: dict[str, Any] = {"dtype": dt}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot load model/tokenizer: {exc}") from exc
+    if chat_template is not None:
+        tok.chat_template = FALLBACK_TEMPLATES.get(chat_template, chat_template)
+    elif require_chat_template and not getattr(tok, "chat_template", None):
+        raise ChatTemplateError(
+            f"{path}: the tokenizer has no chat template. Set `chat_template:` for this model in the config "
+            f"(one of {sorted(FALLBACK_TEMPLATES)} or a jinja string) to use an explicit fallback."
+        )
+    model.to(dev)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tok, path=str(path), name=model_name_of(path), device=dev, dtype=dt)
+
+
+def render_chat(tok, messages: list[dict[str, str]], think: bool | None = None) -> str:
+    """Render one agent turn (system + user) and open the assistant turn."""
+    extra = {} if think is None else {"enable_thinking": bool(think)}
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+
+
+def encode(tok, text: str) -> list[int]:
+    """Token ids of already-templated text (the template carries any BOS; never add special tokens twice)."""
+    return list(tok(text, add_special_tokens=False)["input_ids"])

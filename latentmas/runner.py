@@ -1,0 +1,310 @@
+"""``latentmas run``: one shard of one experiment cell → one JSON record per sample.
+
+Guarantees a cluster user relies on:
+
+* **deterministic**: samples in the dataset's canonical order, the first ``--n`` of them, shard ``I/N`` a contiguous
+  slice; each sample's seed derives from (seed, sample id), so it is independent of sharding and batching;
+* **resumable**: an existing ``--out`` is repaired (a torn last line is discarded with a warning) and finished ids
+  are skipped; records are appended whole and fsynced one by one, so SIGKILL at any instant loses at most the batch
+  in flight and never duplicates a record;
+* **identity-checked**: every record carries the cell's ``config_hash``; resuming onto a file written with other
+  settings is refused (naming the file and both hashes) instead of mixing results;
+* **fault-contained**: a non-finite latent vector or logits fails that sample with the reason; CUDA OOM retries the
+  batch at half size down to 1, then records those samples as failed; the shard carries on.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from latentmas import __version__
+from latentmas.decoding import DecodeSettings
+from latentmas.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.records import RecordWriter, repair
+
+log = logging.getLogger(__name__)
+RECORD_SCHEMA = 1
+
+
+class RunConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything that determines a cell's results (batch size and device placement deliberately excluded)."""
+
+    model: str
+    task: str
+    method: str
+    arch: str | None
+    latent_steps: int | None
+    realign: bool | None
+    memory: str | None
+    seed: int
+    greedy: bool
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    agent_max_new_tokens: int | None
+    think: bool | None
+    dtype: str
+    ridge_lambda: float | None
+    topology_digest: str
+    n: int | None
+
+    def config_hash(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "big") >> 1
+
+
+def shard_slice(n_items: int, shard: int, n_shards: int) -> range:
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise RunConfigError(f"--shard {shard}/{n_shards}: need 0 <= I < N and N >= 1")
+    return range(shard * n_items // n_shards, (shard + 1) * n_items // n_shards)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise RunConfigError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    shard_slice(1, i, n)
+    return i, n
+
+
+class InjectedOOM(RuntimeError):
+    """Raised by the test hook LATENTMAS_INJECT_OOM_ABOVE=B for batches larger than B (CPU tests of the back-off)."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, InjectedOOM))
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_with_backoff(run_fn, samples: list, on_done) -> None:
+    """Run a batch; on OOM split it in halves (down to 1), then give up on single samples with an error."""
+    limit = os.environ.get("LATENTMAS_INJECT_OOM_ABOVE")
+    try:
+        if limit is not None and len(samples) > int(limit):
+            raise InjectedOOM(f"injected OOM for batch of {len(samples)}")
+        outs = run_fn(samples)
+    except Exception as exc:  # noqa: BLE001 - only OOM is handled; everything else re-raised below
+        if not _is_oom(exc):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(samples) == 1:
+            log.error("out of memory on a single sample (%s): recording it as failed", samples[0].sample_id)
+            failed = SampleOutput(error="out of memory at batch size 1")
+            on_done(samples, [failed], 1)
+            return
+        half = len(samples) // 2
+        log.warning("out of memory at batch size %d: retrying as %d + %d", len(samples), half, len(samples) - half)
+        run_with_backoff(run_fn, samples[:half], on_done)
+        run_with_backoff(run_fn, samples[half:], on_done)
+        return
+    on_done(samples, outs, len(samples))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="latentmas run", description="Run one shard of one experiment cell.")
+    ap.add_argument("--model", required=True, help="model folder (from `latentmas fetch-model`) or Hub id")
+    ap.add_argument("--model-name", default=None, help="name recorded in results (default: from the folder)")
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--data", default=None, help="dataset parquet from `latentmas fetch-data` (default: vendored)")
+    ap.add_argument("--method", required=True, choices=METHODS)
+    ap.add_argument("--arch", default="sequential", help="topology: sequential, hierarchical or a .yaml path")
+    ap.add_argument("--latent-steps", type=int, default=10)
+    ap.add_argument("--realign", dest="realign", action="store_true", default=True)
+    ap.add_argument("--no-realign", dest="realign", action="store_false")
+    ap.add_argument("--ridge-lambda", type=float, default=1e-5)
+    ap.add_argument("--align-file", default=None, help="cached W_a file (computed and written if absent)")
+    ap.add_argument("--memory", default="all", choices=MEMORY_POLICIES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=None, help="use the first N samples (default: all)")
+    ap.add_argument("--shard", default="0/1", help="I/N: this job's contiguous slice of the N samples")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding (reruns are bit-identical)")
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--agent-max-new-tokens", type=int, default=None,
+                    help="cap for non-final text_mas agents (default: --max-new-tokens)")
+    ap.add_argument("--think", choices=["on", "off", "model"], default="model",
+                    help="open a thinking block (models whose template supports it); model = template default")
+    ap.add_argument("--chat-template", default=None, help="fallback template name or jinja for template-less models")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--settings", default=None,
+                    help="YAML/JSON file of option values (keys as the long options, '-' or '_'); flags override")
+    ap.add_argument("--out", required=True)
+    return ap
+
+
+def _apply_settings_file(ap: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = ap.parse_args(argv)
+    if args.settings:
+        import yaml
+
+        data = yaml.safe_load(Path(args.settings).read_text()) or {}
+        known = {a.dest for a in ap._actions}
+        defaults = {}
+        for key, value in data.items():
+            dest = key.replace("-", "_")
+            if dest not in known:
+                raise RunConfigError(f"{args.settings}: unknown setting {key!r}")
+            defaults[dest] = value
+        ap.set_defaults(**defaults)
+        args = ap.parse_args(argv)
+    return args
+
+
+def _load_records(args) -> list[dict]:
+    from latentmas.tasks import get_task
+
+    task = get_task(args.task)
+    if args.data:
+        from latentmas.tasks.fetch import read_dataset
+
+        return read_dataset(args.data)
+    return task.load()
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = build_parser()
+    try:
+        args = _apply_settings_file(ap, argv)
+        return run(args)
+    except (RunConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"latentmas run: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from latentmas.latent import LatentMapper
+    from latentmas.models import load_model, model_name_of
+    from latentmas.tasks import get_task
+    from latentmas.topology import load_topology
+
+    shard, n_shards = parse_shard(args.shard)
+    if args.batch_size < 1:
+        raise RunConfigError("--batch-size must be >= 1")
+    if args.latent_steps < 0:
+        raise RunConfigError("--latent-steps must be >= 0")
+    task = get_task(args.task)
+    records = _load_records(args)
+    n_total = len(records) if args.n is None else min(args.n, len(records))
+    mine = [records[i] for i in shard_slice(n_total, shard, n_shards)]
+
+    method = args.method
+    is_latent = method == "latent_mas"
+    topo = load_topology("single" if method == "baseline" else args.arch)
+    think = {"on": True, "off": False, "model": None}[args.think]
+    spec = CellSpec(
+        model=args.model_name or model_name_of(args.model), task=task.name, method=method,
+        arch=None if method == "baseline" else topo.name,
+        latent_steps=args.latent_steps if is_latent else None, realign=args.realign if is_latent else None,
+        memory=args.memory if is_latent else None, seed=args.seed, greedy=args.greedy,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        agent_max_new_tokens=args.agent_max_new_tokens if method == "text_mas" else None, think=think,
+        dtype=args.dtype, ridge_lambda=args.ridge_lambda if (is_latent and args.realign) else None,
+        topology_digest=topo.digest, n=args.n,
+    )
+    cfg_hash = spec.config_hash()
+    out = Path(args.out)
+    done_records = repair(out)
+    for rec in done_records:
+        if rec.get("config_hash") != cfg_hash:
+            raise RunConfigError(
+                f"{out} holds records of another configuration (config_hash {rec.get('config_hash')} vs {cfg_hash}, "
+                f"sample {rec.get('sample_id')}); move it away or choose another --out. Nothing was changed.")
+    done_ids = {r["sample_id"] for r in done_records}
+    todo = [r for r in mine if r["id"] not in done_ids]
+    log.info("%s: %d samples in shard %d/%d, %d already done, %d to run", out, len(mine), shard, n_shards,
+             len(mine) - len(todo), len(todo))
+    if not todo:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch()
+        return 0
+
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    mapper = None
+    if is_latent:
+        from latentmas.alignment import load_or_compute, target_norm
+
+        if args.realign:
+            al = load_or_compute(lm.model, args.align_file, args.ridge_lambda)
+            mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
+        else:
+            mapper = LatentMapper(target_norm(lm.model), None, lm.device, lm.dtype)
+    settings = MethodSettings(
+        method=method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
+        decode=DecodeSettings(args.max_new_tokens, args.greedy, args.temperature, args.top_p),
+        agent_max_new_tokens=args.agent_max_new_tokens, think=think,
+    )
+    versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    import transformers
+
+    versions["transformers"] = transformers.__version__
+    device_desc = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"cpu ({platform.machine()})"
+    index_of = {r["id"]: i for i, r in enumerate(records)}
+    by_id = {r["id"]: r for r in todo}
+    base = {k: v for k, v in asdict(spec).items() if k not in {"topology_digest", "n"}}
+
+    def to_input(rec: dict) -> SampleInput:
+        return SampleInput(rec["id"], task.user_prompt(rec), task.answer_instruction, sample_seed(args.seed, rec["id"]))
+
+    bar = tqdm(total=len(todo), desc=f"{task.name}/{method}", unit="sample", dynamic_ncols=True, file=sys.stderr)
+    with RecordWriter(out) as writer:
+        def on_done(batch: list[SampleInput], outs: list[SampleOutput], batch_size: int) -> None:
+            for s, o in zip(batch, outs):
+                writer.write(make_record(s, o, by_id[s.sample_id]))
+            bar.update(len(batch))
+
+        def make_record(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
+            prompt = sum(a["input_tokens"] for a in o.agents)
+            latent = sum(a["latent_steps"] for a in o.agents)
+            generated = sum(a["generated_tokens"] for a in o.agents)
+            return {
+                "schema": RECORD_SCHEMA, "config_hash": cfg_hash, **base, "sample_id": s.sample_id,
+                "index": index_of[s.sample_id], "status": "failed" if o.error else "ok", "error": o.error,
+                "final_text": o.final_text, "gold": rec["gold"], "agents": o.agents,
+                "tokens": {"prompt": prompt, "latent": latent, "generated": generated,
+                           "total": prompt + latent + generated},
+                "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
+                "device": device_desc, "batch_size": args.batch_size, "versions": versions,
+            }
+
+        def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:
+            return run_batch(lm, topo, batch, settings, mapper)
+
+        t0 = time.perf_counter()
+        for start in range(0, len(todo), args.batch_size):
+            batch = [to_input(r) for r in todo[start:start + args.batch_size]]
+            run_with_backoff(run_fn, batch, on_done)
+        bar.close()
+    log.info("%s: %d samples in %.1f s", out, len(todo), time.perf_counter() - t0)
+    return 0

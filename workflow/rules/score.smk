@@ -1,0 +1,35 @@
+# Stage 5: score each shard (answer extraction / sandboxed code execution), then concatenate a cell's shards.
+
+
+rule score:
+    input:
+        records="results/infer/" + CELL + "/" + SHARD + ".jsonl",
+        data="results/data/{task}.parquet",
+    output:
+        "results/score/" + CELL + "/" + SHARD + ".jsonl",
+    log:
+        "logs/score/" + CELL + "/" + SHARD + ".log",
+    threads: threads_for("score")
+    resources:
+        **resources_for("score"),
+    conda:
+        conda_env("cpu")
+    script:
+        "../scripts/score.py"
+
+
+rule merge_cell:
+    input:
+        lambda wc: expand(
+            "results/score/{cell}/{shard}.jsonl",
+            cell=cell_of(wc)["id"],
+            shard=shard_names(wc.task),
+        ),
+    output:
+        "results/score/" + CELL + "/all.jsonl",
+    log:
+        "logs/merge_cell/" + CELL + ".log",
+    conda:
+        conda_env("cpu")
+    script:
+        "../scripts/merge_cell.py"

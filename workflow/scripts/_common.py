@@ -1,0 +1,40 @@
+"""Shared helper of the wrapper scripts: run one `latentmas` sub-command with its output going to the job's log.
+
+The package is run as `python -m latentmas.cli` with the interpreter that runs the script, so the same code serves a
+plain install (`pip install -e .`) and a Snakemake conda env (the repository root is put on PYTHONPATH).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Compute jobs never reach the network (fetch_dataset/fetch_model are the only jobs that may).
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def latentmas(args: list[str], log: str, env: dict[str, str] | None = None, threads: int | None = None) -> None:
+    full_env = dict(os.environ)
+    if (REPO_ROOT / "latentmas" / "__init__.py").exists():
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            full_env[var] = str(threads)
+    full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    full_env.update(env or {})
+    cmd = [sys.executable, "-m", "latentmas.cli", *map(str, args)]
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write("+ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    if rc != 0:
+        sys.exit(f"latentmas {args[0]} failed with exit status {rc}; see {log}")
+
+
+def log_path(snakemake) -> str:
+    return str(snakemake.log[0])

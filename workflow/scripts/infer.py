@@ -1,0 +1,57 @@
+"""infer: one shard of one cell with `latentmas run`, resumable across failed/killed jobs.
+
+The runner appends to and resumes its --out file. Snakemake deletes the outputs of a failed job, so the runner writes
+`<output>.partial` (not a declared output) and the file is renamed onto the output only when the run succeeded. A
+`<output>.partial.json` beside it records the settings the partial file was started with; if they differ from this
+job's settings (the config changed), the stale partial file is discarded instead of resumed (the runner would refuse
+to resume onto records with another config_hash anyway).
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
+from _common import OFFLINE, latentmas, log_path  # noqa: E402
+
+sm = snakemake  # noqa: F821
+s = dict(sm.params.settings)
+out = Path(sm.output[0])
+partial = out.with_name(out.name + ".partial")
+stamp = out.with_name(out.name + ".partial.json")
+identity = {"settings": s, "model": sm.input.model, "data": sm.input.data, "align": sm.input.get("align")}
+
+if partial.exists():
+    previous = json.loads(stamp.read_text()) if stamp.exists() else None
+    if previous != identity:
+        partial.unlink()
+if not partial.exists():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+# settings key -> `latentmas run` option (None: a flag handled below)
+OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent_steps": "--latent-steps",
+           "memory": "--memory", "ridge_lambda": "--ridge-lambda", "seed": "--seed", "n": "--n", "shard": "--shard",
+           "batch_size": "--batch-size", "temperature": "--temperature", "top_p": "--top-p",
+           "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
+           "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None}
+unknown = set(s) - set(OPTIONS)
+if unknown:
+    sys.exit(f"infer.py: no `latentmas run` option for settings {sorted(unknown)}")
+
+model_dir = Path(sm.input.model).parent
+args = ["run", "--model", model_dir, "--model-name", model_dir.name, "--data", sm.input.data]
+for key, opt in OPTIONS.items():
+    if opt is not None and s.get(key) is not None:
+        args += [opt, s[key]]
+if "realign" in s:
+    args += ["--realign" if s["realign"] else "--no-realign"]
+    if s["realign"]:
+        args += ["--align-file", sm.input.align]
+if s.get("greedy"):
+    args += ["--greedy"]
+args += ["--out", partial]
+
+latentmas(args, log_path(sm), env=OFFLINE, threads=sm.threads)
+os.replace(partial, out)
+stamp.unlink(missing_ok=True)
