@@ -281,7 +281,7 @@ def load_samples(paths: Sequence[str | Path]) -> tuple[list[Sample], list[dict[s
 # ordering
 
 
-def _rank(value: Any, order: Sequence[str]) -> tuple:
+def order_rank(value: Any, order: Sequence[str]) -> tuple:
     if value is None:
         return (0, 0, "")
     if value in order:
@@ -293,9 +293,9 @@ def cell_sort_key(key: tuple) -> tuple:
     model, task, method, arch, latent_steps, realign, memory = key
     return (
         model,
-        _rank(task, TASK_ORDER),
+        order_rank(task, TASK_ORDER),
         METHODS.index(method),
-        _rank(arch, ARCH_ORDER),
+        order_rank(arch, ARCH_ORDER),
         -1 if latent_steps is None else latent_steps,
         0 if realign is None else (1 if realign else 2),  # realign on before off
         (0, "") if memory is None else ((1, "") if memory == "all" else (2, memory)),
@@ -392,7 +392,8 @@ def compute_tables(samples: Sequence[Sample]) -> tuple[list[dict[str, Any]], lis
             per_seed.append({**base, "seed": seed, "n_samples": n, "n_correct": k,
                              "n_failed": sum(1 for s in group if not s.ok), "accuracy": acc, **_cost_means(group)})
         if len(set(ns)) > 1:
-            log.warning("cell %s: seeds have different sample counts %s (incomplete shards?)", key, dict(zip(seeds, ns)))
+            log.warning("cell %s: seeds have different sample counts %s (incomplete shards?)", key,
+                        dict(zip(seeds, ns)))
         n_all = len(all_samples)
         k_all = sum(1 for s in all_samples if s.correct)
         row = {
@@ -463,7 +464,7 @@ def column_label(row: dict[str, Any]) -> str:
 def _sections(cells: list[dict[str, Any]]) -> list[tuple[str | None, list[tuple]]]:
     """One section per MAS arch (baseline columns repeated in each, as in the paper); columns as cell keys minus
     task, in display order."""
-    archs = sorted({r["arch"] for r in cells if r["arch"] is not None}, key=lambda a: _rank(a, ARCH_ORDER))
+    archs = sorted({r["arch"] for r in cells if r["arch"] is not None}, key=lambda a: order_rank(a, ARCH_ORDER))
     colkeys = sorted({tuple(r[k] for k in CELL_KEY if k != "task") for r in cells},
                      key=lambda c: cell_sort_key((c[0], "", *c[1:])))
     if not archs:
@@ -472,7 +473,7 @@ def _sections(cells: list[dict[str, Any]]) -> list[tuple[str | None, list[tuple]
 
 
 def _tasks(cells: list[dict[str, Any]]) -> list[str]:
-    return sorted({r["task"] for r in cells}, key=lambda t: _rank(t, TASK_ORDER))
+    return sorted({r["task"] for r in cells}, key=lambda t: order_rank(t, TASK_ORDER))
 
 
 def _render(title: str, intro: str, cells: list[dict[str, Any]], fmt, notes: list[str]) -> str:
@@ -627,7 +628,7 @@ def build_summary(cells: list[dict[str, Any]], samples: Sequence[Sample], inputs
     def uniq(field_name: str) -> list:
         vals = {r[field_name] for r in cells}
         order = {"task": TASK_ORDER, "arch": ARCH_ORDER}.get(field_name, ())
-        return sorted(vals, key=lambda v: _rank(v, order) if field_name != "method" else METHODS.index(v))
+        return sorted(vals, key=lambda v: order_rank(v, order) if field_name != "method" else METHODS.index(v))
 
     return {
         "schema": 1,

@@ -26,7 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import polars as pl
 
-from latentmas.aggregate import ARCH_ORDER, CELL_KEY, TASK_ORDER, _rank, cell_sort_key, config_label, published_mode
+from latentmas.aggregate import (ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank,
+                                 published_mode)
 from latentmas.records import atomic_path
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _models(cells: list[dict[str, Any]]) -> list[str]:
 
 
 def _tasks(cells: list[dict[str, Any]]) -> list[str]:
-    return sorted({r["task"] for r in cells}, key=lambda t: _rank(t, TASK_ORDER))
+    return sorted({r["task"] for r in cells}, key=lambda t: order_rank(t, TASK_ORDER))
 
 
 def _config_key(r: dict[str, Any]) -> tuple:
@@ -294,8 +295,8 @@ def latent_step_sweeps(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str
     for key, rows in groups.items():
         if len({r["latent_steps"] for r in rows}) >= 2:
             sweeps[key] = sorted(rows, key=lambda r: r["latent_steps"])
-    return dict(sorted(sweeps.items(), key=lambda kv: (kv[0][0], _rank(kv[0][1], TASK_ORDER),
-                                                        _rank(kv[0][2], ARCH_ORDER), kv[0][3] is False,
+    return dict(sorted(sweeps.items(), key=lambda kv: (kv[0][0], order_rank(kv[0][1], TASK_ORDER),
+                                                        order_rank(kv[0][2], ARCH_ORDER), kv[0][3] is False,
                                                         str(kv[0][4]))))
 
 
@@ -307,7 +308,7 @@ def draw_latent_steps(cells: list[dict[str, Any]]) -> Figure:
                                         "(needs >= 2 latent_steps values for one latent_mas setting)")
         return fig
     models = sorted({k[0] for k in sweeps})
-    series = sorted({k[1:] for k in sweeps}, key=lambda s: (_rank(s[0], TASK_ORDER), _rank(s[1], ARCH_ORDER),
+    series = sorted({k[1:] for k in sweeps}, key=lambda s: (order_rank(s[0], TASK_ORDER), order_rank(s[1], ARCH_ORDER),
                                                            s[2] is False, str(s[3])))
     fig = _new_figure(7.0, 0.8 + 2.6 * len(models))
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]

@@ -22,6 +22,7 @@ import argparse
 import collections
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -189,5 +190,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="scored records (JSONL), written atomically")
     ap.add_argument("--jobs", type=int, default=1, help="code tasks: programs checked in parallel (default 1)")
     args = ap.parse_args(argv)
-    score_file(args.input, args.out, data_path=args.data, task_name=args.task, jobs=args.jobs)
+    from latentmas.tasks.base import DatasetRecordError, DatasetSourceError
+    from latentmas.tasks.fetch import DatasetArtifactError
+
+    try:
+        score_file(args.input, args.out, data_path=args.data, task_name=args.task, jobs=args.jobs)
+    except (ScoringError, DatasetArtifactError, DatasetSourceError, DatasetRecordError) as exc:
+        print(f"latentmas score: error: {exc}", file=sys.stderr)
+        return 2
     return 0

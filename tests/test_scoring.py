@@ -68,16 +68,18 @@ def test_score_cli_without_data_uses_vendored_and_task_override(tmp_path):
     assert read_records(out2) == read_records(out)
 
 
-def test_unknown_sample_id_is_named(tmp_path, gsm8k_parquet):
+def test_unknown_sample_id_is_named(tmp_path, gsm8k_parquet, capsys):
     rows = _gsm8k_rows() + [_rec("gsm8k", "gsm8k/0999", r"\boxed{1}", None)]
     inp = _write(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    with pytest.raises(ScoringError, match=r"'gsm8k/0999' is not in the gsm8k dataset \(10 items\)"):
-        cli_main([str(inp), "--data", str(gsm8k_parquet), "--out", str(out)])
+    assert cli_main([str(inp), "--data", str(gsm8k_parquet), "--out", str(out)]) == 2
+    assert "'gsm8k/0999' is not in the gsm8k dataset (10 items)" in capsys.readouterr().err
     assert not out.exists()
+    with pytest.raises(ScoringError, match=r"'gsm8k/0999' is not in the gsm8k dataset"):
+        score_records(rows, "gsm8k", {d["id"]: d for d in get_task("gsm8k").load()[:10]})
 
 
-def test_changed_gold_and_wrong_task_are_errors(tmp_path, gsm8k_parquet):
+def test_changed_gold_and_wrong_task_are_errors(tmp_path, gsm8k_parquet, capsys):
     task = get_task("gsm8k")
     data = {d["id"]: d for d in task.load()[:5]}
     with pytest.raises(ScoringError, match=r"gsm8k/0000.*gold '17'.*'18'"):
@@ -87,10 +89,11 @@ def test_changed_gold_and_wrong_task_are_errors(tmp_path, gsm8k_parquet):
     with pytest.raises(ScoringError, match="status 'weird'"):
         score_records([_rec("gsm8k", "gsm8k/0000", "18", "18", status="weird")], task, data)
     inp = _write(tmp_path / "in.jsonl", _gsm8k_rows())
-    with pytest.raises(ScoringError, match="--task medqa"):
-        cli_main([str(inp), "--task", "medqa", "--out", str(tmp_path / "o.jsonl")])
-    with pytest.raises(ScoringError, match="does not exist"):
-        cli_main([str(tmp_path / "missing.jsonl"), "--task", "gsm8k", "--out", str(tmp_path / "o.jsonl")])
+    assert cli_main([str(inp), "--task", "medqa", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "--task medqa but the records are for ['gsm8k']" in capsys.readouterr().err
+    assert cli_main([str(tmp_path / "missing.jsonl"), "--task", "gsm8k", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_choice_scoring_with_parquet(tmp_path):

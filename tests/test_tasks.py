@@ -392,6 +392,12 @@ def test_fetch_data_schema_limit_and_determinism(tmp_path):
     assert pl.read_parquet(g)["choices"].null_count() == 3
 
 
+def test_fetch_data_error_is_a_message_not_a_traceback(tmp_path, capsys):
+    assert fetch_main(["--task", "gpqa_diamond", "--out", str(tmp_path / "g.parquet")]) == 2
+    assert "no vendored copy" in capsys.readouterr().err
+    assert not (tmp_path / "g.parquet").exists()
+
+
 def test_fetch_gpqa_from_user_csv(tmp_path):
     p = _gpqa_csv(tmp_path / "gpqa.csv", 5)
     out = tmp_path / "gpqa_diamond.parquet"

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,7 +23,7 @@ import polars as pl
 
 from latentmas.records import atomic_path
 from latentmas.tasks import TASK_NAMES, get_task
-from latentmas.tasks.base import sha256_file
+from latentmas.tasks.base import DatasetRecordError, DatasetSourceError, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be >= 1")
     task = get_task(args.task)
-    records = task.load(args.source)
+    try:
+        records = task.load(args.source)
+    except (DatasetSourceError, DatasetRecordError) as exc:
+        print(f"latentmas fetch-data: error: {exc}", file=sys.stderr)
+        return 2
     total = len(records)
     if args.limit is not None:
         records = records[: args.limit]

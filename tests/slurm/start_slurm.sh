@@ -8,6 +8,7 @@
 #   FAKE_GPUS=N    (default 2) advertise N fake gres/gpu on the node (char devices /dev/fakegpuN), so
 #                  `--gpus=1` / `--gres=gpu:1` requests are scheduled and CUDA_VISIBLE_DEVICES is set.
 #   STATE=DIR      (default /tmp/latentmas-slurm) spool, logs, pid files, the MariaDB data directory.
+#   ACCOUNT=NAME   (default latentmas) ACCT=slurmdbd: an account with root (and $SUDO_USER) as a user.
 #   DB_PORT=N      (default 3307) TCP port of the private MariaDB (ACCT=slurmdbd), on 127.0.0.1 only.
 #
 # The configuration goes to /etc/slurm/{slurm,gres,slurmdbd}.conf, the compiled-in default: SLURM_CONF cannot be
@@ -21,6 +22,7 @@ ACCT=${ACCT:-none}
 FAKE_GPUS=${FAKE_GPUS:-2}
 STATE=${STATE:-/tmp/latentmas-slurm}
 DB_PORT=${DB_PORT:-3307}
+ACCOUNT=${ACCOUNT:-latentmas}
 NODE=localhost
 CPUS=$(nproc)
 MEM_MB=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 * 85 / 100 ))
@@ -91,7 +93,6 @@ fi
 if [ "$ACCT" = slurmdbd ]; then
   ACCT_LINES="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux"
 else
   ACCT_LINES="AccountingStorageType=accounting_storage/none
@@ -124,6 +125,8 @@ SchedulerType=sched/backfill
 # without a default, a job with no --mem takes the whole node and jobs run one at a time
 DefMemPerCPU=1000
 $ACCT_LINES
+# show gres/gpu in the jobs' TRES (scontrol show job, sacct AllocTRES)
+AccountingStorageTRES=gres/gpu
 $GRES_LINE
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $NODE_GRES State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -169,6 +172,11 @@ CONF
   for _ in $(seq 150); do sacctmgr -n show cluster >/dev/null 2>&1 && break; sleep 0.2; done
   sacctmgr -n show cluster >/dev/null || { tail -n 20 "$STATE/log/slurmdbd.log"; die "slurmdbd did not come up"; }
   sacctmgr -i add cluster latentmas >/dev/null 2>&1 || true
+  # an account for the submitting user, so Snakemake's plugin can validate `slurm_account` as on a real cluster
+  sacctmgr -i add account "$ACCOUNT" cluster=latentmas Description=tests Organization=latentmas >/dev/null 2>&1 || true
+  sacctmgr -i add user "${SUDO_USER:-root}" account="$ACCOUNT" cluster=latentmas >/dev/null 2>&1 || true
+  [ "${SUDO_USER:-root}" = root ] || sacctmgr -i add user root account="$ACCOUNT" cluster=latentmas >/dev/null 2>&1 || true
+  sacctmgr -n -P list assoc format=cluster,account,user | sed 's/^/[start_slurm] assoc: /'
 fi
 
 # ---------------------------------------------------------------- slurmctld / slurmd

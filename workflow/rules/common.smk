@@ -219,10 +219,6 @@ def models_needing_align() -> list:
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. Paths
 # ---------------------------------------------------------------------------------------------------------------------
-CELL = "{model}/{task}/{variant}/seed{seed}"
-SHARD = "shard-{shard}-of-{nshards}"
-
-
 def model_dir(model: str) -> str:
     return f"resources/models/{model}"
 
@@ -245,6 +241,30 @@ def cell_scores(cell_id: str) -> str:
 
 def all_cell_scores() -> list:
     return [cell_scores(cid) for cid in sorted(CELLS)]
+
+
+# The fixed file names `latentmas aggregate` / `latentmas figures` write (latentmas.aggregate.OUTPUT_FILES,
+# latentmas.figures.FIGURES; tests/test_workflow.py keeps them in sync).
+TABLE_FILES = ("cells.parquet", "cells.csv", "per_seed.parquet", "per_seed.csv", "table_accuracy.md",
+               "table_tokens.md", "table_speed.md", "summary.json")
+TABLE_CAPTIONS = {
+    "cells.csv": "../report/cells.rst",
+    "per_seed.csv": "../report/per_seed.rst",
+    "table_accuracy.md": "../report/table_accuracy.rst",
+    "table_tokens.md": "../report/table_tokens.rst",
+    "table_speed.md": "../report/table_speed.rst",
+}
+FIGURE_NAMES = ("accuracy", "tokens", "speedup", "latent_steps")
+PUBLISHED = [f"reports/tables/{n}" for n in TABLE_FILES] + [
+    f"reports/figures/{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "svg")
+]
+
+
+def table_output(name):
+    path = f"results/tables/{name}"
+    if name in TABLE_CAPTIONS:
+        return report(path, caption=TABLE_CAPTIONS[name], category="Tables")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------

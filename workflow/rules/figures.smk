@@ -1,8 +1,5 @@
 # Stage 7: figures from the cells table (latentmas.figures), then `publish`: the paper-ready copy under reports/.
 
-# The fixed names `latentmas figures` writes (latentmas.figures.FIGURES; a test keeps them in sync).
-FIGURE_NAMES = ("accuracy", "tokens", "speedup", "latent_steps")
-
 
 rule figures:
     input:
@@ -21,11 +18,6 @@ rule figures:
         conda_env("cpu")
     script:
         "../scripts/figures.py"
-
-
-PUBLISHED = [f"reports/tables/{n}" for n in TABLE_FILES] + [
-    f"reports/figures/{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "svg")
-]
 
 
 rule publish:

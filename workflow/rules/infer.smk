@@ -7,11 +7,11 @@ rule infer:
     input:
         unpack(infer_inputs),
     output:
-        "results/infer/" + CELL + "/" + SHARD + ".jsonl",
+        "results/infer/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
     params:
         settings=infer_settings,
     log:
-        "logs/infer/" + CELL + "/" + SHARD + ".log",
+        "logs/infer/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.log",
     threads: threads_for("infer", per_model=True)
     resources:
         **resources_for("infer", per_model=True),

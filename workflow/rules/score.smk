@@ -3,12 +3,12 @@
 
 rule score:
     input:
-        records="results/infer/" + CELL + "/" + SHARD + ".jsonl",
+        records="results/infer/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
         data="results/data/{task}.parquet",
     output:
-        "results/score/" + CELL + "/" + SHARD + ".jsonl",
+        "results/score/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
     log:
-        "logs/score/" + CELL + "/" + SHARD + ".log",
+        "logs/score/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.log",
     threads: threads_for("score")
     resources:
         **resources_for("score"),
@@ -26,9 +26,9 @@ rule merge_cell:
             shard=shard_names(wc.task),
         ),
     output:
-        "results/score/" + CELL + "/all.jsonl",
+        "results/score/{model}/{task}/{variant}/seed{seed}/all.jsonl",
     log:
-        "logs/merge_cell/" + CELL + ".log",
+        "logs/merge_cell/{model}/{task}/{variant}/seed{seed}.log",
     conda:
         conda_env("cpu")
     script:

@@ -1,0 +1,258 @@
+"""The Snakemake workflow, driven through its CLI in a scratch copy (the repository's results/ are never touched).
+
+* dry runs plan the expected jobs per rule (demo config, a grid config, the paper grid with GPU resources);
+* config errors are caught before any job and name the key path;
+* the file names the workflow declares match what `latentmas aggregate` / `latentmas figures` write;
+* `snakemake --lint` is clean;
+* end to end on two tiny random-weight models: every table, figure and the HTML report; then reruns plan nothing,
+  a changed latent_steps of one model plans only that model's latent_mas jobs, a new seed only its own jobs.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = ("fetch_dataset", "fetch_model", "align", "infer", "score", "merge_cell", "aggregate", "figures", "publish",
+         "all")
+# jobs that follow from any change of cells: one aggregate, figures, publish and the `all` target
+TAIL = {"aggregate": 1, "figures": 1, "publish": 1, "all": 1}
+
+
+def _copy_workflow(dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
+    shutil.copytree(REPO / "workflow", dst / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "config", dst / "config")
+    return dst
+
+
+@pytest.fixture
+def wf(tmp_path) -> Path:
+    return _copy_workflow(tmp_path / "wf")
+
+
+def smk(wd: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("SNAKEMAKE_PROFILE", None)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--workflow-profile", "workflow/profiles/default",
+                           *args], cwd=wd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-6000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """The first 'Job stats' table of a Snakemake run/dry run, without the total ({} when nothing is planned)."""
+    if "Nothing to be done" in text:
+        return {}
+    block = text.split("Job stats:", 1)[1]
+    stats = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        stats[m.group(1)] = int(m.group(2))
+    stats.pop("total", None)
+    return stats
+
+
+def dry(wd: Path, *args: str) -> tuple[dict[str, int], str]:
+    p = smk(wd, "-n", *args)
+    text = p.stdout + p.stderr
+    return job_stats(text), text
+
+
+def write_config(wd: Path, name: str, base: str, edit) -> str:
+    cfg = yaml.safe_load((wd / base).read_text())
+    edit(cfg)
+    (wd / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return name
+
+
+# --------------------------------------------------------------------------------------------------------- dry runs
+def test_demo_config_plans_one_job_per_cell(wf):
+    stats, text = dry(wf)
+    # 1 model x 3 tasks x (baseline + text_mas + latent_mas), 1 seed, 1 shard each
+    assert stats == {"fetch_dataset": 3, "fetch_model": 1, "align": 1, "infer": 9, "score": 9, "merge_cell": 9,
+                     **TAIL}
+    assert "results/infer/qwen2.5-coder-0.5b/gsm8k/latent_mas-sequential-k10-realign/seed0/shard-0-of-1.jsonl" in text
+
+
+def grid_arithmetic(cfg: dict) -> dict[str, int]:
+    """Expected job counts of a config, from the documented expansion rules (docs/WORKFLOW.md, 'Cells')."""
+    cells = set()
+    lat0 = cfg.get("latent", {})
+    for model, m in cfg["models"].items():
+        lat = {"steps": [10], "realign": [True], "memory": ["all"], **lat0, **m.get("latent", {})}
+        for task in cfg["tasks"]:
+            for seed in cfg.get("seeds", [0]):
+                for method in cfg["methods"]:
+                    if method == "baseline":
+                        cells.add((model, task, "baseline", seed))
+                    elif method == "text_mas":
+                        cells |= {(model, task, f"text_mas-{a}", seed) for a in cfg.get("archs", ["sequential"])}
+                    else:
+                        cells |= {(model, task, f"latent_mas-{a}-k{k}-{'realign' if r else 'norealign'}"
+                                   + ("" if mem == "all" else f"-mem_{mem}"), seed)
+                                  for a in cfg.get("archs", ["sequential"]) for k in lat["steps"]
+                                  for r in lat["realign"] for mem in lat["memory"]}
+    for c in cfg.get("extra_cells", []):
+        assert c["method"] == "latent_mas"
+        cells.add((c["model"], c["task"], f"latent_mas-{c.get('arch', 'sequential')}-k{c['latent_steps']}-"
+                   f"{'realign' if c.get('realign', True) else 'norealign'}", c.get("seed", 0)))
+    shards = sum(cfg["tasks"][t].get("n_shards", 1) for (_, t, _, _) in cells)
+    realigned = {m for (m, _, v, _) in cells if v.endswith("-realign")}
+    return {"fetch_dataset": len(cfg["tasks"]), "fetch_model": len(cfg["models"]), "align": len(realigned),
+            "infer": shards, "score": shards, "merge_cell": len(cells), **TAIL}
+
+
+def test_grid_config_expansion(wf):
+    cfg = yaml.safe_load((wf / "config/tests/grid.yaml").read_text())
+    stats, text = dry(wf, "--configfile", "config/tests/grid.yaml")
+    expected = grid_arithmetic(cfg)
+    assert stats == expected
+    # by hand: tiny-llama 11 variants, tiny-qwen2 7, x 2 tasks x 2 seeds, + 1 extra cell = 73 cells;
+    # 5 shards per (model, variant, seed) over the two tasks -> 2*(11+7)*5 + 2 (extra cell on gsm8k) = 182
+    assert expected["merge_cell"] == 73 and expected["infer"] == 182
+    outputs = set(re.findall(r"output: (results/infer/\S+\.jsonl)", text))
+    assert "results/infer/tiny-llama/arc_easy/latent_mas-hierarchical-k3-norealign/seed1/shard-2-of-3.jsonl" in outputs
+    assert "results/infer/tiny-qwen2/gsm8k/latent_mas-sequential-k7-norealign/seed0/shard-1-of-2.jsonl" in outputs
+    assert not any("tiny-qwen2" in o and "-k1-" in o for o in outputs)  # per-model steps override is per model
+    assert not any("baseline-" in o or "text_mas-sequential-k" in o for o in outputs)  # no meaningless combinations
+    # the per-model resource override reaches that model's infer jobs only
+    blocks = text.split("\nrule ")
+    mem = {re.search(r"wildcards: model=([\w.-]+)", b).group(1): re.search(r"mem_mb=(\d+)", b).group(1)
+           for b in blocks if b.startswith("infer:")}
+    assert mem == {"tiny-llama": "3000", "tiny-qwen2": "8000"}
+
+
+def test_configfile_replaces_the_default_config(wf):
+    stats, text = dry(wf, "--configfile", "config/tests/tiny.yaml")
+    assert "qwen2.5-coder" not in text and "humanevalplus" not in text
+    assert stats["fetch_model"] == 2 and stats["fetch_dataset"] == 2
+
+
+def test_paper_grid_expands_fully_with_gpu_resources(wf):
+    cfg = yaml.safe_load((wf / "config/paper.yaml").read_text())
+    stats, text = dry(wf, "--configfile", "config/paper.yaml")
+    expected = grid_arithmetic(cfg)
+    assert stats == expected
+    # 3 models x 9 tasks x 3 seeds x (1 + 2 + 2 archs x 2 steps x 2 realign) = 891 cells + 9 sweep cells;
+    # 35 shards per (model, variant, seed) over the nine tasks -> 3*11*3*35 + 9*8 = 3537 infer jobs
+    assert expected["merge_cell"] == 900 and expected["infer"] == 3537 and expected["align"] == 3
+    blocks = [b for b in text.split("\nrule ") if b.startswith(("infer:", "align:"))]
+    assert len(blocks) == expected["infer"] + expected["align"]
+    for b in blocks:
+        res = re.search(r"resources: (.*)", b).group(1)
+        assert "gpu=1" in res and re.search(r"mem_mb=\d+", res) and re.search(r"runtime=\d+", res) \
+            and re.search(r"cpus_per_task=\d+", res), b[:400]
+    assert "qwen2.5-coder" not in text
+
+
+# ------------------------------------------------------------------------------------------------------- validation
+BASE = {"models": {"m": {"spec": "tiny:llama"}}, "tasks": {"gsm8k": {"n": 2}}, "methods": ["baseline"]}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["tasks"].update(foo={"n": 1}), "config.tasks.foo: unknown name 'foo'"),
+    (lambda c: c.update(methods=["baseline", "cot"]), "config.methods[1]: 'cot' is not one of"),
+    (lambda c: c.update(latent={"steps": [10, -1]}), "config.latent.steps[1]: must be >= 0, got -1"),
+    (lambda c: c["tasks"]["gsm8k"].update(n_shards=0), "config.tasks.gsm8k.n_shards: must be >= 1, got 0"),
+    (lambda c: c["tasks"]["gsm8k"].update(n="two"), "config.tasks.gsm8k.n: expected integer or null, got str"),
+    (lambda c: c.update(decoding={"max_new_tokens": 8, "greedyy": True}), "config.decoding.greedyy: unknown key"),
+    (lambda c: c.update(extra_cells=[{"model": "nope", "task": "gsm8k", "method": "baseline"}]),
+     "config.extra_cells[0].model: 'nope' is not declared under models:"),
+    (lambda c: c["tasks"]["gsm8k"].update(n_shards=3), "config.tasks.gsm8k.n_shards: 3 shards for n=2 items"),
+], ids=["unknown-task", "unknown-method", "negative-latent-steps", "zero-shards", "wrong-type", "unknown-key",
+        "undeclared-model", "more-shards-than-items"])
+def test_config_errors_name_the_key(wf, edit, message):
+    cfg = yaml.safe_load(yaml.safe_dump(BASE))
+    edit(cfg)
+    (wf / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    p = smk(wf, "-n", "--configfile", "bad.yaml", check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "invalid workflow config" in out and message in out, out[-3000:]
+    assert "Job stats" not in out
+
+
+def test_declared_output_names_match_the_package():
+    text = (REPO / "workflow/rules/common.smk").read_text()
+
+    def literal(name):
+        m = re.search(rf"^{name} = (\(.*?\))\n", text, re.S | re.M)
+        return ast.literal_eval(m.group(1))
+
+    aggregate = pytest.importorskip("latentmas.aggregate")
+    figures = pytest.importorskip("latentmas.figures")
+    assert literal("TABLE_FILES") == tuple(aggregate.OUTPUT_FILES)
+    assert literal("FIGURE_NAMES") == tuple(figures.FIGURES)
+
+
+def test_lint_is_clean(wf):
+    p = smk(wf, "--lint", check=False)
+    out = p.stdout + p.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]
+
+
+# ------------------------------------------------------------------------------------------------------- end to end
+ENGINE = importlib.util.find_spec("latentmas.runner") is not None
+
+
+@pytest.mark.skipif(not ENGINE, reason="latentmas.runner (the inference engine) is not importable yet")
+def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
+    wd = _copy_workflow(tmp_path / "wf")
+    tiny = "config/tests/tiny.yaml"
+    smk(wd, "--cores", "2", "--configfile", tiny, timeout=1200)
+
+    for name in ("cells.parquet", "cells.csv", "per_seed.parquet", "per_seed.csv", "table_accuracy.md",
+                 "table_tokens.md", "table_speed.md", "summary.json"):
+        assert (wd / "reports/tables" / name).stat().st_size > 0, name
+        assert (wd / "results/tables" / name).read_bytes() == (wd / "reports/tables" / name).read_bytes()
+    for name in ("accuracy", "tokens", "speedup", "latent_steps"):
+        for ext in ("png", "svg"):
+            assert (wd / f"reports/figures/{name}.{ext}").stat().st_size > 0
+    import polars as pl
+
+    cells = pl.read_parquet(wd / "results/tables/cells.parquet")
+    assert cells.height == 2 * 2 * 3  # models x tasks x methods, seed pooled
+    assert set(cells["n_samples"].to_list()) == {2}
+    # sharded cell: 2 shards merged into 2 records, no leftovers of the resumable runner
+    merged = (wd / "results/score/tiny-llama/gsm8k/baseline/seed0/all.jsonl").read_text().splitlines()
+    assert len(merged) == 2
+    assert not list((wd / "results/infer").rglob("*.partial*"))
+
+    p = smk(wd, "--configfile", tiny, "--report", "reports/report.html")
+    html = (wd / "reports/report.html").read_text()
+    assert "accuracy.png" in html and "cells.csv" in html and len(html) > 100_000
+
+    # nothing left to do
+    assert dry(wd, "--configfile", tiny)[0] == {}
+
+    # latent_steps of one model: only that model's latent_mas cells (gsm8k 2 shards + arc_easy 1) and the tail
+    k3 = write_config(wd, "k3.yaml", tiny, lambda c: c["models"]["tiny-llama"].update(latent={"steps": [3]}))
+    stats, text = dry(wd, "--configfile", k3)
+    assert stats == {"infer": 3, "score": 3, "merge_cell": 2, **TAIL}
+    assert all("tiny-llama" in o and "-k3-" in o for o in re.findall(r"output: (results/infer/\S+)", text))
+
+    # one more seed: only the new seed's cells (2 models x 2 tasks x 3 methods; 3 shards per model x method)
+    s2 = write_config(wd, "s2.yaml", tiny, lambda c: c.update(seeds=[0, 1]))
+    stats, text = dry(wd, "--configfile", s2)
+    assert stats == {"infer": 18, "score": 18, "merge_cell": 12, **TAIL}
+    assert all("/seed1/" in o for o in re.findall(r"output: (results/\S+)", text) if o.startswith("results/infer"))
+
+    # a task's max_new_tokens: only that task's cells
+    t = write_config(wd, "arc.yaml", tiny, lambda c: c["tasks"]["arc_easy"].update(max_new_tokens=7))
+    stats, _ = dry(wd, "--configfile", t)
+    assert stats == {"infer": 6, "score": 6, "merge_cell": 6, **TAIL}
