@@ -106,8 +106,9 @@ def _clean_number_text(s: str) -> str:
 def parse_number(s: str | None) -> Fraction | None:
     """Parse one number written the usual ways; ``None`` if ``s`` is not (only) a number.
 
-    Accepts ``72``, ``-3``, ``72.0``, ``$1,234.00``, ``\\$72``, ``50\\%``, ``\\frac{3}{4}``, ``-\\dfrac{1}{2}``,
-    ``3/4``, ``\\text{18 dollars}``-style units are *not* stripped here (see :func:`extract_number`).
+    Accepts ``72``, ``-3``, ``72.0``, ``$1,234.00``, ``\\$72``, ``50\\%``, ``1{,}234``, ``\\frac{3}{4}``,
+    ``-\\dfrac{1}{2}``, ``3/4``. Text around the number (``18 \\text{ dollars}``) makes it *not* a number here;
+    :func:`extract_number` handles that by taking the last number inside a box.
     """
     if s is None:
         return None

@@ -206,3 +206,15 @@ def test_real_qwen_handoff_and_batching(real_lm):
     res = check_handoff(real_lm, mapper, steps=10, rtol=1e-4)
     assert res.passed, res.detail
     assert check_batch_invariance(real_lm, mapper, steps=10).passed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only test; skipped on CPU)")
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("bfloat16", 5e-2)])
+def test_handoff_and_batching_on_cuda(tiny_model_dir, dtype, rtol):
+    from latentmas.models import load_model
+
+    lm = load_model(str(tiny_model_dir("qwen2")), dtype=dtype, device="cuda")
+    mapper = _mapper(lm)
+    assert check_handoff(lm, mapper, steps=10, rtol=rtol).passed
+    assert check_batch_invariance(lm, mapper, steps=10, rtol=max(rtol, 2e-3)).passed

@@ -240,3 +240,14 @@ def test_real_sandbox_mbpp_canonical_passes_and_wrong_fails():
     wrong = "```python\ndef similar_elements(a, b):\n    return tuple(a)\n```"
     res = task.score(wrong, rec)
     assert res.correct is False and res.reason == "failed_tests"
+
+
+def test_evalplus_problem_is_the_release_form_copy():
+    from latentmas.tasks import evalplus_problem
+
+    rec = _by_id("mbppplus")["mbppplus/Mbpp/2"]
+    prob = evalplus_problem(rec, "mbpp")
+    assert prob == rec["extras"] and prob is not rec["extras"]
+    assert isinstance(prob["base_input"][0][0], list)  # still JSON lists: the sandbox deserialises (once)
+    with pytest.raises(ValueError, match="humaneval"):
+        evalplus_problem(rec, "apps")

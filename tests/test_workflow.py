@@ -226,6 +226,69 @@ def test_lint_is_clean(wf):
     assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]
 
 
+# ------------------------------------------------------------------------------------------- resumable inference
+class _Named(list):
+    """Enough of Snakemake's Namedlist for the wrapper scripts: a list with attribute and .get access."""
+
+    def __init__(self, items=(), **named):
+        super().__init__(list(items) + list(named.values()))
+        self.__dict__.update(named)
+
+    def get(self, key, default=None):
+        return self.__dict__.get(key, default)
+
+
+def _run_infer_wrapper(tmp_path, monkeypatch, fake_cli, settings=None):
+    import runpy
+    import types
+
+    scripts = REPO / "workflow/scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    import _common
+
+    monkeypatch.setattr(_common, "latentmas", fake_cli)
+    out = tmp_path / "results/infer/m/gsm8k/baseline/seed0/shard-0-of-1.jsonl"
+    sm = types.SimpleNamespace(
+        params=types.SimpleNamespace(settings=settings or {"task": "gsm8k", "method": "baseline", "seed": 0,
+                                                           "n": 2, "shard": "0/1", "batch_size": 1, "greedy": True}),
+        input=_Named(model=str(tmp_path / "resources/models/m/.fetched"), data=str(tmp_path / "d.parquet")),
+        output=_Named([str(out)]), log=_Named([str(tmp_path / "infer.log")]), threads=1, scriptdir=str(scripts))
+    runpy.run_path(str(scripts / "infer.py"), init_globals={"snakemake": sm})
+    return out
+
+
+def test_infer_wrapper_resumes_its_partial_file_and_drops_stale_ones(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_cli(args, log, env=None, threads=None):
+        calls.append(args)
+        partial = Path(args[args.index("--out") + 1])
+        with open(partial, "a") as fh:
+            fh.write('{"sample_id": "new"}\n')
+        if os.environ.get("FAKE_FAIL"):
+            raise SystemExit("latentmas run failed")
+
+    # 1. a run that fails: the partial file (not a Snakemake output) survives, the output does not exist
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(SystemExit):
+        _run_infer_wrapper(tmp_path, monkeypatch, fake_cli)
+    out = tmp_path / "results/infer/m/gsm8k/baseline/seed0/shard-0-of-1.jsonl"
+    partial = out.with_name(out.name + ".partial")
+    assert not out.exists() and partial.read_text().count("new") == 1
+    assert calls[-1][:2] == ["run", "--model"] and "--greedy" in calls[-1] and "--arch" not in calls[-1]
+    # 2. the retry with the same settings resumes it, then renames it onto the output
+    monkeypatch.delenv("FAKE_FAIL")
+    _run_infer_wrapper(tmp_path, monkeypatch, fake_cli)
+    assert out.read_text().count("new") == 2 and not partial.exists()
+    assert not out.with_name(out.name + ".partial.json").exists()
+    # 3. a partial file left by other settings is discarded, not resumed
+    out.unlink()
+    partial.write_text('{"sample_id": "old"}\n')
+    out.with_name(out.name + ".partial.json").write_text("{}")
+    _run_infer_wrapper(tmp_path, monkeypatch, fake_cli)
+    assert out.read_text() == '{"sample_id": "new"}\n'
+
+
 # ------------------------------------------------------------------------------------------------------- end to end
 ENGINE = importlib.util.find_spec("latentmas.runner") is not None
 
@@ -276,3 +339,50 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     t = write_config(wd, "arc.yaml", tiny, lambda c: c["tasks"]["arc_easy"].update(max_new_tokens=7))
     stats, _ = dry(wd, "--configfile", t)
     assert stats == {"infer": 6, "score": 6, "merge_cell": 6, **TAIL}
+
+
+# ------------------------------------------------------------------------------------------------------------- docs
+DOC = REPO / "docs/WORKFLOW.md"
+
+
+def test_docs_name_every_config_key():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    defs = schema["$defs"]
+
+    def resolve(s):
+        return defs[s["$ref"].split("/")[-1]] if "$ref" in s else s
+
+    doc = DOC.read_text()
+    missing = []
+    for key, sub in schema["properties"].items():
+        sub = resolve(sub)
+        if key in ("models", "tasks"):
+            inner = resolve(sub["additionalProperties"])
+            placeholder = "<name>" if key == "models" else "<task>"
+            missing += [f"{key}.{placeholder}.{k}" for k in inner["properties"]
+                        if f"`{key}.{placeholder}.{k}`" not in doc]
+        elif key == "resources":
+            row = next(line for line in doc.splitlines() if line.startswith("| `resources.<rule>`"))
+            missing += [f"resources.{k}" for k in list(sub["properties"]) + list(defs["ruleResources"]["properties"])
+                        if f"`{k}`" not in row]
+        elif key == "extra_cells":
+            row = next(line for line in doc.splitlines() if line.startswith("| `extra_cells[]`"))
+            missing += [f"extra_cells[].{k}" for k in sub["items"]["properties"] if k not in row]
+        elif sub.get("type") == "object" and "properties" in sub:
+            missing += [f"{key}.{k}" for k in sub["properties"] if f"`{key}.{k}`" not in doc]
+        elif f"`{key}`" not in doc:
+            missing.append(key)
+    assert not missing, f"docs/WORKFLOW.md does not describe: {missing}"
+
+
+def test_docs_job_count_table_matches_the_configs():
+    rows = [line for line in DOC.read_text().splitlines() if re.match(r"^\| `config/.*\.yaml`", line)]
+    assert len(rows) == 5
+    for row in rows:
+        cols = [c.strip() for c in row.strip("|").split("|")]
+        cfg = yaml.safe_load((REPO / cols[0].split("`")[1]).read_text())
+        exp = grid_arithmetic(cfg)
+        got = dict(zip(["cells", "fetch_dataset", "fetch_model", "align", "infer", "score", "merge_cell", "total"],
+                       map(int, cols[1:])))
+        assert got == {"cells": exp["merge_cell"], **{k: exp[k] for k in list(got)[1:-1]},
+                       "total": sum(exp.values())}, row

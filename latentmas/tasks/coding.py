@@ -10,9 +10,9 @@ signature and docstring) is put in front, so a reply that only writes the body s
 prompt that the reply lacks are put in front (a reply that re-writes ``def f(xs: List[int])`` without
 ``from typing import List`` would otherwise fail on a detail the task gave it).
 
-MBPP+ inputs are stored in the release file's JSON form (lists where the tests use tuples, strings for complex
-numbers...); :func:`evalplus_problem` turns them back into the Python values with evalplus's own
-``mbpp_deserialize_inputs``, as ``evalplus.data.get_mbpp_plus()`` does, before the sandbox sees them.
+MBPP+ inputs stay in the release file's JSON form (lists where the tests use tuples, strings for complex numbers...)
+all the way to the sandbox: :func:`latentmas.sandbox.check_solution` applies evalplus's ``mbpp_deserialize_inputs``
+itself (once; that function is not idempotent, e.g. for Mbpp/115), so :func:`evalplus_problem` must not.
 """
 from __future__ import annotations
 
@@ -145,15 +145,16 @@ class MbppPlus(CodeTask):
 
 
 def evalplus_problem(record: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """The evalplus problem dict for the sandbox, with inputs as evalplus's own loader returns them."""
+    """The evalplus problem dict handed to the sandbox: a copy of ``extras`` in the release file's (JSON) form.
+
+    ``dataset`` ("humaneval" | "mbpp") is accepted for symmetry with the sandbox call; inputs are *not*
+    deserialised here (the sandbox does it, see the module docstring).
+    """
+    if dataset not in ("humaneval", "mbpp"):
+        raise ValueError(f"dataset must be 'humaneval' or 'mbpp', got {dataset!r}")
     problem = copy.deepcopy(record["extras"])
     for key in ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol"):
         if key not in problem:
             raise DatasetRecordError(record["id"].split("/", 1)[0], f"dataset record {record['id']}", f"extras.{key}",
                                      "is missing", record["id"])
-    if dataset == "mbpp":
-        from evalplus.data.mbpp import mbpp_deserialize_inputs
-
-        problem["base_input"] = mbpp_deserialize_inputs(problem["task_id"], problem["base_input"])
-        problem["plus_input"] = mbpp_deserialize_inputs(problem["task_id"], problem["plus_input"])
     return problem

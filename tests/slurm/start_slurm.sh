@@ -16,7 +16,7 @@
 # there that this script did not write (without its marker line) make it refuse to run; stop_slurm.sh removes the
 # ones it wrote. Daemons started here leave their PIDs in $STATE/pids/*.pid; stop_slurm.sh kills exactly those.
 # A munged that is already running is reused (and then not stopped). Refuses to run if the SLURM ports
-# 6817/6818 are already taken on this machine.
+# (6817/6818, and 6819/$DB_PORT with ACCT=slurmdbd) are already taken on this machine.
 set -euo pipefail
 ACCT=${ACCT:-none}
 FAKE_GPUS=${FAKE_GPUS:-2}
@@ -45,6 +45,13 @@ if ! dpkg -s $PKGS >/dev/null 2>&1; then
   apt-get install -y -q --no-install-recommends $PKGS >/dev/null
 fi
 
+# (a bash /dev/tcp probe: `scontrol ping` without a config stalls for a minute on DNS SRV look-ups)
+PORTS="6817 6818"; [ "$ACCT" = slurmdbd ] && PORTS="$PORTS 6819 $DB_PORT"
+for port in $PORTS; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    die "something already listens on 127.0.0.1:$port (another SLURM, or another harness run?); stop it first"
+  fi
+done
 ETC=/etc/slurm
 MARK="written by latentmas tests/slurm/start_slurm.sh"
 mkdir -p "$ETC"
@@ -52,13 +59,7 @@ for f in slurm.conf gres.conf slurmdbd.conf; do
   if [ -e "$ETC/$f" ] && ! grep -q "$MARK" "$ETC/$f"; then
     die "$ETC/$f exists and was not written by this script: this machine has its own SLURM; not touching it"
   fi
-  rm -f "$ETC/$f"
-done
-# (a bash /dev/tcp probe: `scontrol ping` without a config stalls for a minute on DNS SRV look-ups)
-for port in 6817 6818; do
-  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-    die "something already listens on 127.0.0.1:$port (a slurmctld/slurmd?); stop it first (tests/slurm/stop_slurm.sh)"
-  fi
+  rm -f "$ETC/$f"   # ours, left by an earlier run that was not torn down
 done
 mkdir -p "$STATE"/{pids,log,spool/d}
 install -d -o slurm -g slurm "$STATE/spool/ctld"
@@ -88,18 +89,19 @@ if [ "$FAKE_GPUS" -gt 0 ]; then
   for i in $(seq 0 $((FAKE_GPUS - 1))); do
     [ -e /dev/fakegpu$i ] || mknod -m 666 /dev/fakegpu$i c 1 3
   done
-  printf '# %s\nName=gpu File=/dev/fakegpu[0-%d]\n' "$MARK" $((FAKE_GPUS - 1)) > "$ETC/gres.conf"
+  printf '# %s (STATE=%s)\nName=gpu File=/dev/fakegpu[0-%d]\n' "$MARK" "$STATE" $((FAKE_GPUS - 1)) > "$ETC/gres.conf"
 fi
 if [ "$ACCT" = slurmdbd ]; then
   ACCT_LINES="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux"
 else
   ACCT_LINES="AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none"
 fi
 cat > "$ETC/slurm.conf" <<CONF
-# $MARK (ACCT=$ACCT FAKE_GPUS=$FAKE_GPUS STATE=$STATE)
+# $MARK (STATE=$STATE) ACCT=$ACCT FAKE_GPUS=$FAKE_GPUS
 ClusterName=latentmas
 SlurmctldHost=$NODE
 SlurmUser=slurm
@@ -125,8 +127,6 @@ SchedulerType=sched/backfill
 # without a default, a job with no --mem takes the whole node and jobs run one at a time
 DefMemPerCPU=1000
 $ACCT_LINES
-# show gres/gpu in the jobs' TRES (scontrol show job, sacct AllocTRES)
-AccountingStorageTRES=gres/gpu
 $GRES_LINE
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $NODE_GRES State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -153,7 +153,7 @@ if [ "$ACCT" = slurmdbd ]; then
     GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
     GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
   cat > "$ETC/slurmdbd.conf" <<CONF
-# $MARK
+# $MARK (STATE=$STATE)
 AuthType=auth/munge
 DbdHost=localhost
 SlurmUser=slurm
@@ -183,6 +183,7 @@ fi
 log "starting slurmctld"
 /usr/sbin/slurmctld -i          # daemonises; -i ignores stale state
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
+scontrol ping 2>/dev/null | grep -q UP || { tail -n 20 "$STATE/log/slurmctld.log"; die "slurmctld did not come up"; }
 log "starting slurmd"
 /usr/sbin/slurmd -N "$NODE"     # the node is called localhost whatever `hostname` says
 for _ in $(seq 150); do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Teardown by PID: stop exactly the daemons tests/slurm/start_slurm.sh started (pid files under $STATE/pids).
-# Then removes the /etc/slurm/*.conf files start_slurm.sh wrote (those carrying its marker line).
+# Then removes the /etc/slurm/*.conf files start_slurm.sh wrote for this $STATE (those carrying its marker line).
 # Safe to call twice, or after a start that failed half way. Jobs still running under our slurmd die with it.
 STATE=${STATE:-/tmp/latentmas-slurm}
 for d in slurmd slurmctld slurmdbd mariadbd munged; do
@@ -27,5 +27,5 @@ for d in slurmd slurmctld slurmdbd mariadbd munged; do
   rm -f "$f"
 done
 for f in /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/slurm/slurmdbd.conf; do
-  if [ -f "$f" ] && grep -q "written by latentmas tests/slurm/start_slurm.sh" "$f"; then rm -f "$f"; fi
+  if [ -f "$f" ] && grep -qF "written by latentmas tests/slurm/start_slurm.sh (STATE=$STATE)" "$f"; then rm -f "$f"; fi
 done

@@ -1,0 +1,7 @@
+# task: HumanEval/0
+from typing import List
+
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    while True:
+        pass

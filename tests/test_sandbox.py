@@ -1,0 +1,610 @@
+"""latentmas.sandbox: hostile candidate programs are contained and scored as failures; evalplus semantics hold.
+
+Every hostile program (tests/hostile/*.py) is a candidate solution to a real HumanEval+/MBPP+ problem from the
+vendored data.  Each run asserts: not a pass, the expected status, this (scoring) process is alive, canary files
+outside the sandbox are unchanged, nothing it tried to create exists, no child process or zombie is left behind,
+and the wall time is bounded.  Three configurations:
+
+* default (``isolation="auto"``: full isolation when root) -- the configuration the scorer uses;
+* ``isolation="basic"`` -- rlimits + audit hook + evalplus's reliability_guard only (what a non-root user gets);
+* ``python_guards=False`` with full isolation (root only) -- proves the kernel layers (uid drop, namespaces,
+  RLIMIT_NPROC) contain the attacks on their own.
+
+Plus positive controls, a differential test against evalplus's own ``untrusted_check`` and unit tests of the
+decoder / canonical encoding / cache.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from latentmas import sandbox
+from latentmas.sandbox import CodeVerdict, SandboxError, SandboxLimits, check_solution
+
+pytestmark = pytest.mark.timeout(180)
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+HUMANEVAL_FILE = REPO / "data" / "humanevalplus" / "HumanEvalPlus.jsonl.gz"
+MBPP_FILE = REPO / "data" / "mbppplus" / "MbppPlus.jsonl.gz"
+IS_ROOT = os.geteuid() == 0
+MAX_WALL_S = 30.0
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def problems() -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for path in (HUMANEVAL_FILE, MBPP_FILE):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                p = json.loads(line)
+                out[p["task_id"]] = p
+    return out
+
+
+def dataset_of(task_id: str) -> str:
+    return "humaneval" if task_id.startswith("HumanEval/") else "mbpp"
+
+
+@pytest.fixture()
+def canary(tmp_path):
+    """A file outside the sandbox directory (under the test's tmp dir) that hostile code tries to destroy."""
+    path = tmp_path / "canary.txt"
+    path.write_text("canary\n")
+    return path
+
+
+@pytest.fixture()
+def visible_dir():
+    """A root-owned, world-readable directory outside every tmp dir (so full isolation does not hide it):
+    the kernel-layer tests show the uid drop, not the private /tmp, protects it.  Removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix=".runtime-canary-", dir=HOSTILE))
+    try:
+        d.chmod(0o755)
+        c = d / "canary.txt"
+        c.write_text("canary\n")
+        c.chmod(0o644)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def listener():
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    yield srv
+    srv.close()
+
+
+def assert_no_connection(srv: socket.socket) -> None:
+    with pytest.raises(BlockingIOError):
+        conn, _ = srv.accept()
+        conn.close()
+
+
+def load_hostile(name: str, **subs: str) -> tuple[str, str]:
+    text = (HOSTILE / f"{name}.py").read_text()
+    first = text.splitlines()[0]
+    assert first.startswith("# task: "), name
+    for key, value in subs.items():
+        text = text.replace("{{" + key + "}}", str(value))
+    assert "{{" not in text, f"{name}: unfilled placeholder"
+    return first[len("# task: "):].strip(), text
+
+
+def sandbox_leftovers() -> list[psutil.Process]:
+    """Processes running as a sandbox uid (full isolation picks uids in [1e9, 2e9))."""
+    left = []
+    for p in psutil.process_iter(["uids", "status"]):
+        try:
+            if p.info["uids"] is not None and p.info["uids"].real >= 1_000_000_000:
+                left.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def my_children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def score(problems, name: str, limits: SandboxLimits | None = None, **subs) -> CodeVerdict:
+    task_id, code = load_hostile(name, **subs)
+    pid = os.getpid()
+    t0 = time.monotonic()
+    verdict = check_solution(code, problems[task_id], dataset_of(task_id), limits)
+    elapsed = time.monotonic() - t0
+    assert os.getpid() == pid and psutil.pid_exists(pid)  # the scoring process survived
+    assert elapsed < MAX_WALL_S, f"{name}: took {elapsed:.1f}s"
+    assert my_children() == [], f"{name}: left child processes behind"
+    assert isinstance(verdict, CodeVerdict) and verdict.wall_s <= elapsed + 0.5
+    return verdict
+
+
+# ------------------------------------------------------------------------------------------------------ hostile: default configuration
+VIOLATION = "error: sandbox violation: "
+
+
+def test_fork_bomb(problems):
+    v = score(problems, "fork_bomb")
+    assert not v.passed and v.status == VIOLATION + "os.fork", v
+
+
+def test_fork_bomb_via_posix(problems):
+    v = score(problems, "fork_bomb_posix")
+    assert not v.passed and v.status == VIOLATION + "os.fork", v
+
+
+def test_infinite_loop_hits_the_per_input_limit(problems):
+    v = score(problems, "infinite_loop")
+    assert not v.passed and v.status == "timeout", v
+    assert "base input #0" in v.detail and "per-input limit" in v.detail
+
+
+def test_infinite_loop_that_swallows_timeouts_hits_the_wall_limit(problems):
+    v = score(problems, "infinite_loop_toplevel", SandboxLimits(wall_s=3))
+    assert not v.passed and v.status == "timeout", v
+    assert 3 <= v.wall_s < 6
+
+
+def test_huge_allocation(problems):
+    v = score(problems, "huge_alloc")
+    assert not v.passed and v.status == "memory", v
+
+
+def test_busy_allocation_loop(problems):
+    v = score(problems, "busy_alloc", SandboxLimits(memory_mb=512))
+    assert not v.passed and v.status == "memory", v
+
+
+@pytest.mark.parametrize("name", ["delete_canary", "delete_canary_posix", "overwrite_canary"])
+def test_destroying_a_file_outside(problems, canary, name):
+    v = score(problems, name, CANARY=canary)
+    assert not v.passed and v.status.startswith(VIOLATION), v
+    assert canary.read_text() == "canary\n"
+
+
+def test_creating_a_file_outside(problems, tmp_path, canary):
+    outside = tmp_path / "created-by-sandbox.txt"
+    v = score(problems, "write_outside", OUTSIDE=outside)
+    assert not v.passed and v.status == VIOLATION + "open", v
+    assert not outside.exists() and canary.read_text() == "canary\n"
+
+
+def test_socket_to_localhost(problems, listener):
+    v = score(problems, "socket_connect", PORT=listener.getsockname()[1])
+    assert not v.passed and v.status.startswith(VIOLATION + "socket."), v
+    assert_no_connection(listener)
+
+
+@pytest.mark.parametrize("name,event", [("kill_parent", "os.kill"), ("killpg_parent", "os.killpg"),
+                                        ("killpg_self", "os.killpg")])
+def test_signals(problems, name, event):
+    v = score(problems, name)
+    assert not v.passed and v.status == VIOLATION + event, v
+
+
+def test_sys_exit_before_tests(problems):
+    v = score(problems, "sys_exit")
+    assert not v.passed and v.status == "error: SystemExit: 0", v
+
+
+@pytest.mark.parametrize("name", ["os_exit", "os_exit_during_tests"])
+def test_os_exit_zero_is_no_pass(problems, name):
+    v = score(problems, name)
+    assert not v.passed and v.status == "error: exited early (code 0)", v
+
+
+def test_printing_100_mb(problems):
+    v = score(problems, "print_100mb")
+    assert not v.passed and v.status == "killed", v
+    assert "exceeded 1048576 bytes" in v.detail
+
+
+@pytest.mark.parametrize("name", ["chdir_write", "chdir_write_posix"])
+def test_chdir_then_write(problems, name):
+    target = f"latentmas-sandbox-test-{os.getpid()}-{name}"
+    v = score(problems, name, CHDIR_TARGET=target)
+    assert not v.passed and v.status == VIOLATION + "os.chdir", v
+    assert not Path("/", target).exists()
+
+
+def test_monkeypatched_builtins_do_not_pass_a_wrong_answer(problems):
+    v = score(problems, "monkeypatch_builtins")
+    assert not v.passed and v.status == "failed_tests", v
+
+
+@pytest.mark.parametrize("name", ["eq_always_true", "eq_always_true_subclass", "mbpp_wrong_type"])
+def test_always_equal_objects(problems, name):
+    v = score(problems, name)
+    assert not v.passed and v.status == "failed_tests", v
+
+
+@pytest.mark.parametrize("name,event", [("subprocess_touch", "subprocess.Popen"), ("os_system_touch", "os.system")])
+def test_subprocess_and_os_system(problems, tmp_path, name, event):
+    pwned = tmp_path / "pwned"
+    v = score(problems, name, PWNED=pwned)
+    assert not v.passed and v.status == VIOLATION + event, v
+    assert not pwned.exists()
+
+
+def test_forged_report_is_not_a_pass(problems):
+    v = score(problems, "forge_report")
+    assert not v.passed and v.status in ("failed_tests", "error: corrupted report"), v
+
+
+def test_reading_the_dataset_to_cheat_is_blocked(problems):
+    v = score(problems, "read_dataset", DATASET=HUMANEVAL_FILE)
+    assert not v.passed and v.status == "failed_tests", v
+    assert "PermissionError" in v.detail
+
+
+def test_ctypes_is_not_importable(problems):
+    v = score(problems, "ctypes_escape")
+    assert not v.passed and v.status.startswith("error: ImportError"), v
+
+
+def test_reading_secrets_is_blocked(problems):
+    v = score(problems, "read_secret")
+    assert not v.passed and v.status == "failed_tests" and "PermissionError" in v.detail, v
+
+
+# ------------------------------------------------------------------------------------------------------ hostile: basic isolation (Python layer only)
+BASIC = SandboxLimits(isolation="basic")
+
+
+@pytest.mark.parametrize(
+    "name,event",
+    [("fork_bomb_posix", "os.fork"), ("delete_canary_posix", "os.remove"), ("overwrite_canary", "open"),
+     ("kill_parent", "os.kill"), ("killpg_parent", "os.killpg"), ("os_system_touch", "os.system"),
+     ("subprocess_touch", "subprocess.Popen"), ("chdir_write_posix", "os.chdir")],
+)
+def test_basic_isolation_blocks(problems, canary, tmp_path, name, event):
+    pwned = tmp_path / "pwned"
+    v = score(problems, name, BASIC, CANARY=canary, PWNED=pwned, CHDIR_TARGET=f"lm-sbx-{os.getpid()}")
+    assert not v.passed and v.status == VIOLATION + event, v
+    assert canary.read_text() == "canary\n" and not pwned.exists()
+
+
+def test_basic_isolation_blocks_sockets(problems, listener):
+    v = score(problems, "socket_connect", BASIC, PORT=listener.getsockname()[1])
+    assert not v.passed and v.status.startswith(VIOLATION + "socket."), v
+    assert_no_connection(listener)
+
+
+def test_basic_isolation_blocks_writes_and_dataset_reads(problems, tmp_path):
+    outside = tmp_path / "created.txt"
+    v = score(problems, "write_outside", BASIC, OUTSIDE=outside)
+    assert v.status == VIOLATION + "open" and not outside.exists(), v
+    v = score(problems, "read_dataset", BASIC, DATASET=HUMANEVAL_FILE)
+    assert v.status == "failed_tests" and "PermissionError" in v.detail, v
+
+
+def test_basic_isolation_positive_control(problems):
+    p = problems["HumanEval/0"]
+    v = check_solution(p["prompt"] + p["canonical_solution"], p, "humaneval", BASIC)
+    assert v.passed and v.status == "pass", v
+
+
+# ------------------------------------------------------------------------------------------------------ kernel layers alone (root)
+KERNEL = SandboxLimits(isolation="full", python_guards=False)
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="full isolation (uid drop, namespaces) needs root")
+
+
+@needs_root
+def test_kernel_nproc_stops_fork(problems):
+    v = score(problems, "fork_bomb", KERNEL)
+    assert not v.passed and v.status == "failed_tests" and "BlockingIOError" in v.detail, v
+    assert sandbox_leftovers() == []
+
+
+@needs_root
+@pytest.mark.parametrize("name", ["delete_canary", "overwrite_canary"])
+def test_kernel_uid_protects_files(problems, visible_dir, name):
+    canary = visible_dir / "canary.txt"
+    v = score(problems, name, KERNEL, CANARY=canary)
+    assert not v.passed and v.status == "failed_tests" and "PermissionError" in v.detail, v
+    assert canary.read_text() == "canary\n"
+
+
+@needs_root
+def test_kernel_uid_blocks_creating_files(problems, visible_dir):
+    outside = visible_dir / "created.txt"
+    v = score(problems, "write_outside", KERNEL, OUTSIDE=outside)
+    assert not v.passed and "PermissionError" in v.detail and not outside.exists(), v
+
+
+@needs_root
+def test_kernel_private_tmp(problems, canary, tmp_path):
+    """Files under /tmp are not even visible: the sandbox has a private, empty /tmp."""
+    outside = tmp_path / "created.txt"
+    v = score(problems, "write_outside", KERNEL, OUTSIDE=outside)
+    assert not v.passed and "FileNotFoundError" in v.detail and not outside.exists(), v
+    v = score(problems, "delete_canary", KERNEL, CANARY=canary)
+    assert not v.passed and "FileNotFoundError" in v.detail and canary.read_text() == "canary\n", v
+
+
+@needs_root
+def test_kernel_network_namespace(problems, listener):
+    v = score(problems, "socket_connect", KERNEL, PORT=listener.getsockname()[1])
+    assert not v.passed and "Network is unreachable" in v.detail, v
+    assert_no_connection(listener)
+
+
+@needs_root
+@pytest.mark.parametrize("name", ["kill_parent", "killpg_parent"])
+def test_kernel_uid_blocks_signals_to_the_parent(problems, name):
+    v = score(problems, name, KERNEL)
+    assert not v.passed and "PermissionError" in v.detail, v
+
+
+@needs_root
+def test_kernel_killpg_self_only_kills_the_sandbox(problems):
+    v = score(problems, "killpg_self", KERNEL)
+    assert not v.passed and v.status == "killed" and "SIGKILL" in v.detail, v
+
+
+@needs_root
+def test_kernel_chdir_then_write(problems):
+    target = f"latentmas-sandbox-test-{os.getpid()}"
+    v = score(problems, "chdir_write", KERNEL, CHDIR_TARGET=target)
+    assert not v.passed and "PermissionError" in v.detail and not Path("/", target).exists(), v
+
+
+@needs_root
+def test_kernel_os_system_cannot_fork(problems, visible_dir):
+    pwned = visible_dir / "pwned"
+    v = score(problems, "os_system_touch", KERNEL, PWNED=pwned)
+    assert not v.passed and not pwned.exists(), v
+
+
+@needs_root
+def test_kernel_ctypes_cannot_kill_the_parent(problems):
+    v = score(problems, "ctypes_escape", KERNEL)
+    assert not v.passed and v.status == "failed_tests", v  # libc.kill returned -1 (EPERM); we are alive
+
+
+@needs_root
+def test_kernel_secrets_unreadable(problems):
+    v = score(problems, "read_secret", KERNEL)
+    assert not v.passed and "PermissionError" in v.detail, v
+
+
+def test_output_cap_does_not_depend_on_python_guards(problems):
+    lim = KERNEL if IS_ROOT else SandboxLimits(isolation="basic", python_guards=False)
+    v = score(problems, "print_100mb", lim)
+    assert not v.passed and v.status == "killed" and "exceeded" in v.detail, v
+
+
+# ------------------------------------------------------------------------------------------------------ positive controls
+@pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/2", "HumanEval/32", "HumanEval/42", "Mbpp/2", "Mbpp/88",
+                                     "Mbpp/124", "Mbpp/581", "Mbpp/787"])
+def test_canonical_solutions_pass(problems, task_id):
+    p = problems[task_id]
+    v = check_solution(p["prompt"] + p["canonical_solution"], p, dataset_of(task_id))
+    assert v.passed and v.status == "pass", v
+    assert my_children() == []
+
+
+def test_wrong_solution_fails(problems):
+    p = problems["HumanEval/0"]
+    v = check_solution(p["prompt"] + "    return False\n", p, "humaneval")
+    assert not v.passed and v.status == "failed_tests" and "expected True" in v.detail, v
+
+
+def test_syntax_error(problems):
+    p = problems["HumanEval/0"]
+    v = check_solution("def has_close_elements(numbers, threshold)\n    return True\n", p, "humaneval")
+    assert not v.passed and v.status.startswith("error: SyntaxError"), v
+
+
+def test_missing_entry_point_and_empty_code(problems):
+    p = problems["Mbpp/2"]
+    v = check_solution("def shared(a, b):\n    return ()\n", p, "mbpp")
+    assert not v.passed and v.status == "error: NameError: entry point 'similar_elements' is not defined", v
+    for empty in ("", "   \n", None):
+        v = check_solution(empty, p, "mbpp")  # type: ignore[arg-type]
+        assert not v.passed and v.status == "error: no code", v
+
+
+def test_bad_arguments_raise(problems):
+    p = problems["HumanEval/0"]
+    with pytest.raises(ValueError):
+        check_solution("x = 1", p, "apps")
+    with pytest.raises(ValueError):
+        check_solution("x = 1", {"task_id": "x"}, "humaneval")
+
+
+def test_exception_in_solution_is_failed_tests(problems):
+    p = problems["HumanEval/0"]
+    v = check_solution(p["prompt"] + "    raise ValueError('nope')\n", p, "humaneval")
+    assert v.status == "failed_tests" and "ValueError: nope" in v.detail, v
+
+
+# ------------------------------------------------------------------------------------------------------ evalplus semantics (differential)
+DIFFERENTIAL = [
+    ("HumanEval/2", "def truncate_number(number):\n    return number - int(number)\n"),
+    ("HumanEval/2", "def truncate_number(number):\n    return number - int(number) + 5e-7\n"),  # within atol
+    ("HumanEval/2", "def truncate_number(number):\n    return number - int(number) + 1e-3\n"),
+    ("HumanEval/2", "import numpy as np\ndef truncate_number(number):\n    return np.float64(number - int(number))\n"),
+    ("HumanEval/2", "import numpy as np\ndef truncate_number(number):\n"
+                    "    return np.float64(number - int(number) + 5e-7)\n"),  # atol path demands type(out) == float
+    ("HumanEval/42", "def incr_list(l):\n    return [float(x + 1) for x in l]\n"),  # 2.0 == 2
+    ("HumanEval/42", "def incr_list(l):\n    return tuple(x + 1 for x in l)\n"),  # tuple != list
+    ("HumanEval/42", "import numpy as np\ndef incr_list(l):\n    return [np.int64(x) + 1 for x in l]\n"),
+    ("HumanEval/32", "def find_zero(xs):\n    return 0.0\n"),
+    ("Mbpp/2", "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b), reverse=True))\n"),  # set oracle
+    ("Mbpp/2", "def similar_elements(a, b):\n    return ()\n"),
+    ("Mbpp/88", "def freq_count(xs):\n    d = {}\n    for x in xs:\n        d[x] = d.get(x, 0) + 1\n    return d\n"),
+    ("Mbpp/98", "def multiply_num(numbers):\n    p = 1\n    for x in numbers:\n        p *= x\n"
+                "    return p / len(numbers) * (1 + 1e-12)\n"),
+    ("Mbpp/787", "import re\ndef text_match_three(text):\n    return bool(re.search('ab{3}?', text))\n"),
+    ("Mbpp/787", "def text_match_three(text):\n    return 'abbb' in text\n"),
+]
+
+
+def _evalplus_verdict(problem: dict, dataset: str, solution: str) -> bool:
+    """evalplus 0.3.1's own verdict: untrusted_check on base and plus inputs with fast_check, as its evaluate()."""
+    from evalplus.eval import PASS, untrusted_check
+    from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
+    from evalplus.gen.util import trusted_exec
+
+    base, plus = sandbox._problem_inputs(problem, dataset)
+    ok = True
+    for inputs in (base, plus):
+        exp, ref = trusted_exec(problem["prompt"] + problem["canonical_solution"], inputs, problem["entry_point"],
+                                record_time=True, output_not_none=problem["entry_point"] in MBPP_OUTPUT_NOT_NONE_TASKS)
+        stat, _ = untrusted_check(dataset, solution, inputs, problem["entry_point"], expected=exp,
+                                  atol=problem["atol"], ref_time=ref, fast_check=True)
+        ok = ok and stat == PASS
+    return ok
+
+
+@pytest.mark.parametrize("task_id,solution", DIFFERENTIAL, ids=[f"{t}-{i}" for i, (t, _) in enumerate(DIFFERENTIAL)])
+def test_same_verdict_as_evalplus(problems, task_id, solution):
+    p = problems[task_id]
+    ours = check_solution(solution, p, dataset_of(task_id))
+    theirs = _evalplus_verdict(p, dataset_of(task_id), solution)
+    assert ours.passed == theirs, (ours, theirs)
+
+
+def test_differential_cases_are_not_trivial(problems):
+    """The differential table contains both passes and failures under evalplus (guards against a vacuous test)."""
+    verdicts = {_evalplus_verdict(problems[t], dataset_of(t), s) for t, s in DIFFERENTIAL[:3]}
+    assert verdicts == {True, False}
+
+
+def test_evalplus_itself_is_fooled_where_we_are_not(problems):
+    """The motivating gap: evalplus's in-process `==` accepts an always-equal object; the sandbox does not."""
+    task_id, code = load_hostile("eq_always_true")
+    p = problems[task_id]
+    assert _evalplus_verdict(p, "humaneval", code) is True
+    assert check_solution(code, p, "humaneval").status == "failed_tests"
+
+
+# ------------------------------------------------------------------------------------------------------ no leaks
+def test_no_leaked_processes_over_many_runs(problems):
+    def zombies() -> int:
+        return sum(1 for c in my_children() if c.status() == psutil.STATUS_ZOMBIE)
+
+    before_children, before_fds = len(my_children()), psutil.Process().num_fds()
+    p = problems["HumanEval/0"]
+    canonical = p["prompt"] + p["canonical_solution"]
+    programs = [canonical] + [load_hostile(n)[1] for n in ("fork_bomb", "infinite_loop", "killpg_self", "os_exit",
+                                                           "print_100mb")]
+    statuses = []
+    for _ in range(2):
+        for code in programs:
+            statuses.append(check_solution(code, p, "humaneval").status)
+            assert zombies() == 0
+    assert statuses.count("pass") == 2 and len(set(statuses)) == 6, statuses
+    assert len(my_children()) == before_children == 0
+    assert psutil.Process().num_fds() <= before_fds + 2
+    assert sandbox_leftovers() == []
+    leftover_dirs = [d for d in Path(tempfile.gettempdir()).glob("latentmas-sbx-*")
+                     if d.stat().st_mtime > time.time() - 120 and d.stat().st_uid == os.geteuid()]
+    assert leftover_dirs == []
+
+
+# ------------------------------------------------------------------------------------------------------ units: limits, decoder, canon, cache
+def test_limit_defaults_follow_evalplus():
+    from evalplus.config import DEFAULT_GT_TIME_LIMIT_FACTOR, DEFAULT_MIN_TIME_LIMIT
+    from evalplus.eval import query_maximum_memory_bytes
+
+    r = SandboxLimits().resolved()
+    assert r.min_time_limit == DEFAULT_MIN_TIME_LIMIT and r.gt_time_limit_factor == DEFAULT_GT_TIME_LIMIT_FACTOR
+    assert r.memory_mb == query_maximum_memory_bytes() >> 20
+    assert r.max_output_bytes == 1 << 20 and r.nproc == 1 and r.timeout_per_phase_s == 60
+
+
+def test_decoder_round_trips_plain_data_and_rejects_everything_else():
+    import io
+    import pickle
+
+    class Exact(pickle.Pickler):
+        def reducer_override(self, obj):
+            if type(obj) is complex or obj is Ellipsis or obj is complex:
+                return NotImplemented
+            raise ValueError
+
+    def enc(v):
+        buf = io.BytesIO()
+        p = Exact(buf, protocol=4)
+        p.fast = True
+        p.dump(v)
+        return buf.getvalue()
+
+    values = [None, True, 0, -1, 2 ** 31, -(10 ** 5000), 1.5, -0.0, float("inf"), "é\ud800", b"\x00", (), (1, (2,)),
+              [1] * 2500, {1: "a", (1, 2): [3.5]}, {1, 2}, frozenset({"x"}), 1 - 2j, Ellipsis,
+              {"k": [{1: (frozenset(), set(range(1500)))}]}]
+    for v in values:
+        d = sandbox._safe_unpickle(enc(v))
+        assert d == v and type(d) is type(v)
+    hostile = [pickle.dumps(os.system), b"\x80\x04cos\nsystem\n(S'true'\ntR.", pickle.dumps([1, 2]),
+               b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.", b"(((((", enc([1])[:-1]]
+    nested: list = []
+    cur = nested
+    for _ in range(sandbox._DECODE_MAX_DEPTH + 5):
+        cur.append([])
+        cur = cur[0]
+    hostile.append(enc(nested))
+    for blob in hostile:
+        with pytest.raises(sandbox._DecodeError):
+            sandbox._safe_unpickle(blob)
+
+
+def test_canonical_encoding_is_python_equality():
+    c = lambda v: sandbox._canon(v)[0]  # noqa: E731
+    assert c(1) == c(1.0) == c(True) == c(1 + 0j)
+    assert c([1, 2.0]) == c([1.0, 2]) and c((1,)) != c([1])
+    assert c({1: "a", 2: "b"}) == c({2: "b", 1: "a"}) and c({1, 2}) == c(frozenset({2, 1}))
+    assert c(0.1) != c(0.1 + 1e-17 * 0 + 5e-17) or 0.1 == 0.1 + 5e-17
+    assert c(2 ** 53 + 1) != c(float(2 ** 53))
+    assert c("a") != c(b"a") and c(-0.0) == c(0)
+    assert sandbox._canon([float("nan")])[1] is True and sandbox._canon([1.0])[1] is False
+
+
+def test_expected_outputs_disk_cache(problems, tmp_path, monkeypatch):
+    p = problems["HumanEval/42"]
+    lim = SandboxLimits(expected_cache_dir=str(tmp_path))
+    sandbox.clear_expected_cache()
+    first = check_solution(p["prompt"] + p["canonical_solution"], p, "humaneval", lim)
+    files = list(tmp_path.glob("*.json"))
+    assert first.passed and len(files) == 1
+    sandbox.clear_expected_cache()
+
+    def no_recompute(*a, **k):
+        raise AssertionError("expected outputs were recomputed despite the cache")
+
+    monkeypatch.setattr(sandbox, "_compute_expected", no_recompute)
+    assert check_solution(p["prompt"] + p["canonical_solution"], p, "humaneval", lim).passed
+    # a tampered cache entry is rejected (digest check) and recomputed
+    sandbox.clear_expected_cache()
+    data = json.loads(files[0].read_text())
+    first_small = next(o for o in data["outputs"] if o["b"])
+    first_small["h"] = hashlib.sha256(b"tampered").hexdigest()
+    files[0].write_text(json.dumps(data))
+    with pytest.raises(AssertionError, match="recomputed"):
+        check_solution(p["prompt"] + p["canonical_solution"], p, "humaneval", lim)
+    sandbox.clear_expected_cache()
+
+
+def test_broken_canonical_solution_raises_sandbox_error(problems):
+    p = dict(problems["HumanEval/0"])
+    p["canonical_solution"] = "    raise RuntimeError('broken reference')\n"
+    with pytest.raises(SandboxError, match="canonical solution raised"):
+        check_solution(p["prompt"] + "    return True\n", p, "humaneval")
