@@ -104,6 +104,9 @@ class SandboxLimits:
     canonical_wall_s: wall limit for computing expected outputs with the canonical solution.
     expected_cache_dir: on-disk cache of expected outputs; None = $LATENTMAS_CACHE/evalplus_expected if
         LATENTMAS_CACHE is set, else memory only.
+    allow_ctypes: ctypes gives raw memory access, which defeats every Python-level guard (audit hook included),
+        so by default it cannot be imported -- nor can what imports it (pandas, sympy, scipy).  True restores
+        evalplus's behaviour for such solutions; with full isolation the kernel layers still contain them.
     """
 
     wall_s: float | None = None
@@ -123,6 +126,7 @@ class SandboxLimits:
     python_guards: bool = True
     canonical_wall_s: float = 600.0
     expected_cache_dir: str | None = None
+    allow_ctypes: bool = False
 
     def resolved(self) -> "SandboxLimits":
         """A copy with the evalplus-derived defaults filled in (wall_s/cpu_s stay None: they depend on the task)."""
@@ -318,12 +322,15 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _make_audit_hook(workdir: str, read_roots: tuple[str, ...], violation):
+def _make_audit_hook(workdir: str, read_roots: tuple[str, ...], violation, allow_ctypes: bool = False):
     """Audit hook: hard events -> violation() (reports and exits); reads outside read_roots -> PermissionError."""
     hard_events = _HARD_EVENTS
     hard_prefixes = _HARD_PREFIXES
     path_events = _PATH_EVENTS
     blocked_imports = _BLOCKED_IMPORTS
+    if allow_ctypes:
+        hard_prefixes = tuple(p for p in hard_prefixes if p != "ctypes.")
+        blocked_imports = tuple(m for m in blocked_imports if m not in ("ctypes", "_ctypes"))
     write_flags = _O_WRITE_FLAGS
     norm = _norm_path
     within = _within
@@ -407,7 +414,7 @@ def _make_audit_hook(workdir: str, read_roots: tuple[str, ...], violation):
 # Functions evalplus's reliability_guard sets to None that are attacks when called: calling them ends the run
 # with a violation instead of a catchable TypeError.  (exit/quit/help/open/getcwd stay None, as in evalplus.)
 _TRIPWIRES = {
-    "os": ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
+    "os": ("kill", "system", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
            "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
            "chroot", "lchflags", "lchmod", "lchown", "chdir"),
     "shutil": ("rmtree", "move", "chown"),
@@ -575,19 +582,48 @@ def _child_main(argv: list[str]) -> None:  # noqa: C901 - one linear, commented 
     job_path, report_fd = argv[0], int(argv[1])
     # -- trusted references, taken before any untrusted code exists ------------------------------------------------
     _write, _exit, _type, _len, _isinstance = os.write, os._exit, type, len, isinstance
-    _dumps_json = json.dumps
+    import binascii
+    from json.encoder import c_encode_basestring_ascii as _jstr  # C functions: immune to patched builtins
+
+    if _jstr is None:  # pragma: no cover - CPython always has the accelerator
+        from json.encoder import py_encode_basestring_ascii as _jstr
+    _int_repr, _float_repr = int.__repr__, float.__repr__
+
+    def _dumps_json(obj: dict) -> str:
+        """JSON for our flat messages (str keys; str/bool/int/float/None values) from captured C functions only."""
+        parts = []
+        for k, v in obj.items():
+            t = _type(v)
+            if t is _str:
+                js = _jstr(v)
+            elif t is bool:
+                js = "true" if v else "false"
+            elif t is int:
+                js = _int_repr(v)
+            elif t is float:
+                js = _float_repr(v) if v == v and v not in (math.inf, -math.inf) else "null"
+            elif v is None:
+                js = "null"
+            else:
+                js = _jstr(_str(v))
+            parts.append(_jstr(k) + ":" + js)
+        return "{" + ",".join(parts) + "}"
     from io import BytesIO as _BytesIO
-    _sha256, _b64 = hashlib.sha256, base64.b64encode
+    _sha256, _b2a = hashlib.sha256, binascii.b2a_base64
     _perf = time.perf_counter
     _BaseException, _MemoryError, _str = BaseException, MemoryError, str
     with open(job_path, "rb") as f:
         job = pickle.load(f)  # written by the trusted parent
     os.unlink(job_path)
+    try:
+        os.unlink(os.path.join(os.path.dirname(job_path), "harness.py"))
+    except OSError:
+        pass
     nonce = job["nonce"]
     state = {"violating": False}
 
     def send(obj: dict) -> None:
-        data = (nonce + " " + _dumps_json(obj, separators=(",", ":")) + "\n").encode("utf-8", "surrogatepass")
+        data = (nonce + " " + _dumps_json(obj) + "\n").encode("utf-8", "surrogatepass")
         view = memoryview(data)
         while view:
             n = _write(report_fd, view)
@@ -647,19 +683,24 @@ def _child_main(argv: list[str]) -> None:  # noqa: C901 - one linear, commented 
 
         _deepcopy = copy.deepcopy
         if job["python_guards"]:
+            _putenv = os.putenv
             ep_utils.reliability_guard(maximum_memory_bytes=mem_bytes)  # evalplus's guard, as evalplus applies it
+            # `import numpy` calls os.putenv; under evalplus numpy is already imported by the checking process, so
+            # the guard's `os.putenv = None` never breaks it there.  Setting our own environment is harmless.
+            os.putenv = _putenv
             _install_tripwires(violation)
         elif mem_bytes is not None:
             for res in (resource.RLIMIT_AS, resource.RLIMIT_DATA, resource.RLIMIT_STACK):
                 resource.setrlimit(res, (mem_bytes, mem_bytes))
         # Remove raw-memory and fork-without-audit modules from reach; their re-import is blocked by the hook.
+        purge = ("_posixsubprocess",) if job["allow_ctypes"] else ("ctypes", "_ctypes", "_posixsubprocess")
         for name in list(sys.modules):
-            if name.split(".", 1)[0] in ("ctypes", "_ctypes", "_posixsubprocess"):
+            if name.split(".", 1)[0] in purge:
                 del sys.modules[name]
         if "subprocess" in sys.modules:
             sys.modules["subprocess"]._posixsubprocess = None
         if job["python_guards"]:
-            sys.addaudithook(_make_audit_hook(workdir, read_roots, violation))
+            sys.addaudithook(_make_audit_hook(workdir, read_roots, violation, job["allow_ctypes"]))
     except BaseException as e:  # noqa: BLE001 - any setup failure is reported, not raised
         name, msg = describe(e)
         try:
@@ -766,7 +807,7 @@ def _child_main(argv: list[str]) -> None:  # noqa: C901 - one linear, commented 
         if top is not None:
             msg["top"] = top
         if n <= job["inline_max"]:
-            msg["b"] = _b64(enc).decode("ascii")
+            msg["b"] = _b2a(enc, newline=False).decode("ascii")
         if (want_canon or n > job["inline_max"]) and n <= job["canon_max"]:
             cb, nan = _canon(value)
             msg["c"] = _sha256(cb).hexdigest()
@@ -806,7 +847,8 @@ def _child_main(argv: list[str]) -> None:  # noqa: C901 - one linear, commented 
     ser_total = 0.0
     for i, inp in enumerate(job["inputs"]):
         try:
-            args = _deepcopy(inp)
+            # trusted_exec deep-copies the canonical's inputs; a candidate gets the job's own copy, used once
+            args = _deepcopy(inp) if canonical else inp
             if limits_per_input is None:
                 t0 = _perf()
                 out = fn(*args)
@@ -1025,6 +1067,19 @@ def _safe_unpickle(data: bytes) -> Any:
             raise _DecodeError(f"bad value: {e}") from e
         except UnicodeDecodeError as e:
             raise _DecodeError("bad string") from e
+
+
+def _read_own_source() -> str:
+    try:
+        with open(__file__, encoding="utf-8") as f:
+            return f.read()
+    except OSError:  # pragma: no cover - e.g. zipped install
+        import inspect
+
+        return inspect.getsource(sys.modules[__name__])
+
+
+_HARNESS_SOURCE = _read_own_source()
 
 
 _FOREIGN_CLASSES: dict[tuple[type, str], type] = {}
@@ -1287,7 +1342,10 @@ def _compute_expected(problem: dict, dataset: str, lim: SandboxLimits, key: str,
             if "u" in msg:
                 problems.append(f"canonical output #{i} is not serialisable: {msg['u']}")
                 return "stop"
-            b = base64.b64decode(msg["b"]) if "b" in msg else None
+            b = base64.b64decode(msg["b"], validate=True) if "b" in msg else None
+            if b is not None and (len(b) != int(msg["n"]) or hashlib.sha256(b).hexdigest() != msg["h"]):
+                problems.append(f"canonical output #{i} arrived corrupted")
+                return "stop"
             outs[i] = _ExpOut(h=msg["h"], n=int(msg["n"]), b=b, c=msg.get("c"), nan=bool(msg.get("nan", False)),
                               fl=bool(msg.get("fl", False)), top=msg.get("top"), dt=float(msg["dt"]))
         elif t == "x":
@@ -1408,7 +1466,7 @@ def _run_child_once(*, mode, code, entry_point, inputs, time_limits, not_none, l
     job = {
         "nonce": nonce, "mode": mode, "code": code, "entry_point": entry_point, "inputs": inputs,
         "time_limits": time_limits, "not_none": not_none, "isolation": isolation, "uid": uid, "gid": gid,
-        "parent_pid": os.getpid(), "python_guards": bool(lim.python_guards),
+        "parent_pid": os.getpid(), "python_guards": bool(lim.python_guards), "allow_ctypes": bool(lim.allow_ctypes),
         "inline_max": int(lim.inline_output_bytes) if mode == "candidate" else _EXPECTED_VALUE_BYTES,
         "canon_max": int(lim.canon_max_bytes),
         "evalplus_utils": _evalplus_utils_path(),
@@ -1426,8 +1484,17 @@ def _run_child_once(*, mode, code, entry_point, inputs, time_limits, not_none, l
         "PYTHONHASHSEED": _HASH_SEED, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
     }
-    boot = ("import importlib.util as u, sys; s = u.spec_from_file_location('_latentmas_sandbox_child', sys.argv[1]);"
-            " m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m); m._child_main(sys.argv[2:])")
+    # The child runs the source this module was imported from (captured at import: editing the file during a
+    # scoring run cannot skew parent and child).  The harness module gets a private copy of the builtins dict, so
+    # untrusted `builtins.x = ...` patches do not reach the harness's own name lookups; it is also unregistered
+    # from sys.modules once loaded.
+    harness_path = os.path.join(workdir, "harness.py")
+    with open(harness_path, "w", encoding="utf-8") as f:
+        f.write(_HARNESS_SOURCE)
+    boot = ("import builtins, importlib.util as u, sys; s = u.spec_from_file_location('_latentmas_sandbox_child',"
+            " sys.argv[1]); m = u.module_from_spec(s); m.__dict__['__builtins__'] = dict(vars(builtins));"
+            " sys.modules[s.name] = m; s.loader.exec_module(m); del sys.modules[s.name]; f = m._child_main;"
+            " del m, s, u; f(sys.argv[2:])")
     rep_r, rep_w = os.pipe()
     out_r, out_w = os.pipe()
     proc = None
@@ -1442,10 +1509,11 @@ def _run_child_once(*, mode, code, entry_point, inputs, time_limits, not_none, l
     phase = "start"  # start -> ready -> loaded -> done
     rusage = None
     wait_status = None
+    sel = None
     try:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-s", "-P", "-B", "-c", boot, os.path.abspath(__file__), job_path, str(rep_w)],
+                [sys.executable, "-s", "-P", "-B", "-c", boot, harness_path, job_path, str(rep_w)],
                 stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(rep_w,), cwd=workdir, env=env,
                 start_new_session=True, close_fds=True,
             )
@@ -1542,15 +1610,28 @@ def _run_child_once(*, mode, code, entry_point, inputs, time_limits, not_none, l
                             done = True
                         else:
                             raise ValueError(f"unexpected message {str(t)[:20]!r} in phase {phase}")
-                    except (ValueError, KeyError, TypeError, _DecodeError) as e:
-                        status, detail = "error: corrupted report", f"result channel: {e}"
+                    except Exception as e:  # noqa: BLE001 - everything here parses data from the untrusted child
+                        status, detail = "error: corrupted report", f"result channel: {type(e).__name__}: {e}"[:300]
                     deadline += time.monotonic() - t_cmp  # the child may have waited on us
                     if status or done or stopped:
                         break
                 if status or done or stopped:
                     break
-        if not status and not done and not stopped and phase != "start" and not open_fds:
-            pass  # both pipes closed without "done": classified from the exit status below
+        if not status and not done and not stopped and not open_fds:
+            # Both pipes closed without "done".  If the process is still alive it closed them itself (a crash
+            # would have ended it): that is a failure we need not wait out.  Otherwise its exit status says why.
+            alive = True
+            grace_end = time.monotonic() + 1.0  # a dying process closes its files a moment before it exits
+            while alive and time.monotonic() < grace_end:
+                try:
+                    alive = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+                except ChildProcessError:
+                    alive = False
+                if alive:
+                    time.sleep(0.01)
+            if alive:
+                status = "error: closed its result channel"
+                detail = "the program closed stdout/stderr and the result channel before the report was complete"
     finally:
         if proc is not None:
             # Always: kill the whole group (before reaping, so the pgid cannot have been reused), then reap.
@@ -1565,6 +1646,8 @@ def _run_child_once(*, mode, code, entry_point, inputs, time_limits, not_none, l
                 pass
             if uid is not None:
                 _kill_uid(uid)
+        if sel is not None:
+            sel.close()
         for fd in (rep_r, out_r):
             try:
                 os.close(fd)

@@ -15,6 +15,8 @@
 #   5. a model that fails inside its SLURM job (a local model folder without weights) makes Snakemake fail,
 #      with the job's SLURM log path printed (FAIL_RETRIES=1: after one resubmission),
 #   6. stops exactly the daemons it started (trap on EXIT, also on failure or Ctrl-C).
+# Submissions are counted from Snakemake's "Job ... has been submitted with SLURM jobid N" lines and, in every run,
+# cross-checked against the batch submissions slurmctld logged meanwhile.
 # Exit status 0 = every assertion held. Lines "[harness] ok: ..." are the assertions, "[harness] FAIL: ..." the
 # first one that did not hold. Evidence (sbatch submissions, sacct / slurmctld log lines) is printed on the way.
 #
@@ -49,6 +51,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------------------------ 1. SLURM up
+"$PYTHON" -c "import latentmas, snakemake, snakemake_executor_plugin_slurm" 2>/dev/null \
+  || fail "$PYTHON cannot import latentmas + snakemake + snakemake_executor_plugin_slurm: pip install -e '.[workflow]'"
 ACCT=$ACCT "$HERE/start_slurm.sh"
 if [ -z "${WORK:-}" ]; then WORK=$(mktemp -d /tmp/latentmas-slurm-work.XXXXXX); WORK_CREATED=1; fi
 mkdir -p "$WORK"
@@ -72,16 +76,23 @@ CFG=(--configfile "$REPO/config/tests/slurm.yaml")
 run() {
   local name=$1; shift
   say "run $name: snakemake ${*}"
-  local t=$(date +%s)
+  local t=$(date +%s) before
+  before=$(ctld_submits)
   set +e
   "${SM[@]}" "$@" > "$WORK/$name.log" 2>&1
   RC=$?
   set -e
   SUBMITTED=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9]*\) (log: \(.*\))\.$/\1/p' "$WORK/$name.log" | tr '\n' ' ')
   SUBMITTED_LOGS=$(sed -n 's/.*has been submitted with SLURM jobid \([0-9]*\) (log: \(.*\))\.$/\2/p' "$WORK/$name.log")
-  say "run $name: exit $RC in $(( $(date +%s) - t ))s; sbatch submissions: $(wc -w <<<"$SUBMITTED") (jobids: ${SUBMITTED:-none})"
+  say "run $name: exit $RC in $(( $(date +%s) - t ))s; sbatch submissions: $(n_words "$SUBMITTED") (jobids: ${SUBMITTED:-none})"
   grep -E "has been submitted with SLURM jobid" "$WORK/$name.log" | sed 's/^/    /' || true
+  # the same count from SLURM's side: batch-job submissions slurmctld logged during this run
+  local n_ctld=$(( $(ctld_submits) - before ))
+  [ "$n_ctld" = "$(n_words "$SUBMITTED")" ] \
+    || fail "run $name: slurmctld logged $n_ctld batch submissions, Snakemake reported $(n_words "$SUBMITTED")"
+  ok "run $name: slurmctld logged the same $n_ctld batch submission(s)"
 }
+ctld_submits() { grep -c "_slurm_rpc_submit_batch_job: JobId=" "$STATE/log/slurmctld.log" || true; }
 show_log() { echo "----- $WORK/$1.log (last ${2:-60} lines)"; tail -n "${2:-60}" "$WORK/$1.log"; echo "-----"; }
 n_words() { wc -w <<<"$1" | tr -d ' '; }
 
@@ -119,6 +130,7 @@ evidence() {  # print what SLURM itself recorded about the given jobs
   fi
 }
 
+# Every run below also checks that slurmctld's log shows as many batch submissions as Snakemake reported.
 # ------------------------------------------------------------------------------------------------ 2. first run
 run dryrun -n "${CFG[@]}" --quiet rules
 [ "$RC" = 0 ] || { show_log dryrun; fail "dry run failed"; }
