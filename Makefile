@@ -12,7 +12,7 @@ install:
 
 # The embedded default (config/config.yaml): real Qwen2.5-Coder-0.5B from PyPI GGUF parts, vendored data, CPU.
 demo: install
-	snakemake --cores $(CORES)
+	snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 	snakemake --report reports/report.html
 	@echo "demo done: tables and figures in reports/, HTML report reports/report.html"
 

@@ -10,23 +10,26 @@ Design (details and the list of what is *not* contained: docs/RELIABILITY.md, "S
 
 * Every run is a fresh interpreter (`sys.executable`) started in a new session/process group, in a fresh
   temporary directory, with a controlled environment (`PYTHONHASHSEED=0`, so set/dict orders agree between the
-  canonical run and the candidate run).  The child is this very file, loaded by path, running `_child_main`.
+  canonical run and the candidate run).  The child runs this module's source (captured when the parent imported
+  it) as `_child_main`, with a private copy of the builtins dict.
 * The child limits itself before running anything untrusted: rlimits (CPU, address space, file size, open files,
   processes, core), then -- when the scoring process is root -- private network/mount/IPC namespaces, a private
   tmpfs over /tmp, /var/tmp, /dev/shm, /run and over directories unprivileged users cannot enter (the Python
   installation is bound back), a tmpfs as its working directory, and a drop to a fresh unprivileged uid with
   `no_new_privs`.  Then evalplus's `reliability_guard`, then an audit hook (`sys.addaudithook`, irremovable) that
-  kills the run on process creation, signals, sockets, ctypes and writes outside the working directory.
+  kills the run on process creation, signals, sockets, ctypes and writes outside the working directory; the
+  functions the guard set to None become tripwires that end the run too.
 * The parent enforces the wall-clock limit, caps stdout/stderr, and always SIGKILLs the whole process group.
 * Results come back on a dedicated pipe as `nonce + JSON` lines, one per test input, in order, and must end with
   a `done` line: exiting early is a failure.  The child never sees the expected outputs.  It sends each output
-  as `marshal` version-0 bytes of a copy made only of exact built-in types (custom classes are not comparable;
-  subclasses of built-ins and numpy scalars are reduced to their built-in value first), or, for outputs larger
-  than `SandboxLimits.inline_output_bytes`, a sha256 of those bytes plus a sha256 of an `==`-canonical encoding.
-  The PARENT decodes the bytes with a small pure-Python decoder (never `pickle`/`marshal.loads` on untrusted
-  bytes) and applies evalplus's comparison rules (atol, `is_floats`, the MBPP/HumanEval special oracles) to the
-  decoded, trusted objects.  So monkey-patched builtins, `__eq__` tricks and forged reports cannot produce a pass:
-  a pass needs outputs equal to ones the child has never seen.
+  as the bytes of a plain-data pickle (protocol 4, no memo, so equal values give equal bytes) of a copy made only
+  of exact built-in types (custom classes are not comparable; subclasses of built-ins and numpy scalars are
+  reduced to their built-in value first) with their sha256, or, for outputs larger than
+  `SandboxLimits.inline_output_bytes`, only digests.  The PARENT decodes the bytes with a small pure-Python
+  decoder that accepts plain data only (never `pickle.loads` on untrusted bytes) and applies evalplus's
+  comparison rules (atol, `is_floats`, the MBPP/HumanEval special oracles) to the decoded, trusted objects.  So
+  monkey-patched builtins, `__eq__` tricks and forged reports cannot produce a pass: a pass needs outputs equal
+  to ones the child has never seen.
 * Expected outputs come from running the canonical solution through the same sandbox once per problem; they
   are cached in memory and, if `$LATENTMAS_CACHE` is set (or `SandboxLimits.expected_cache_dir`), on disk under
   `evalplus_expected/<sha256 of the problem>.json`.
@@ -582,6 +585,7 @@ def _child_main(argv: list[str]) -> None:  # noqa: C901 - one linear, commented 
     job_path, report_fd = argv[0], int(argv[1])
     # -- trusted references, taken before any untrusted code exists ------------------------------------------------
     _write, _exit, _type, _len, _isinstance = os.write, os._exit, type, len, isinstance
+    _BaseException, _MemoryError, _str = BaseException, MemoryError, str
     import binascii
     from json.encoder import c_encode_basestring_ascii as _jstr  # C functions: immune to patched builtins
 
@@ -608,10 +612,11 @@ def _child_main(argv: list[str]) -> None:  # noqa: C901 - one linear, commented 
                 js = _jstr(_str(v))
             parts.append(_jstr(k) + ":" + js)
         return "{" + ",".join(parts) + "}"
+
     from io import BytesIO as _BytesIO
+
     _sha256, _b2a = hashlib.sha256, binascii.b2a_base64
     _perf = time.perf_counter
-    _BaseException, _MemoryError, _str = BaseException, MemoryError, str
     with open(job_path, "rb") as f:
         job = pickle.load(f)  # written by the trusted parent
     os.unlink(job_path)

@@ -41,7 +41,7 @@ IS_ROOT = os.geteuid() == 0
 MAX_WALL_S = 30.0
 
 
-# ------------------------------------------------------------------------------------------------------ fixtures
+# ----------------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def problems() -> dict[str, dict]:
     out: dict[str, dict] = {}
@@ -135,7 +135,7 @@ def score(problems, name: str, limits: SandboxLimits | None = None, **subs) -> C
     return verdict
 
 
-# ------------------------------------------------------------------------------------------------------ hostile: default configuration
+# ------------------------------------------------------------------------------------- hostile: default configuration
 VIOLATION = "error: sandbox violation: "
 
 
@@ -269,7 +269,7 @@ def test_reading_secrets_is_blocked(problems):
     assert not v.passed and v.status == "failed_tests" and "PermissionError" in v.detail, v
 
 
-# ------------------------------------------------------------------------------------------------------ hostile: basic isolation (Python layer only)
+# ----------------------------------------------------------------------- hostile: basic isolation (Python layer only)
 BASIC = SandboxLimits(isolation="basic")
 
 
@@ -306,7 +306,7 @@ def test_basic_isolation_positive_control(problems):
     assert v.passed and v.status == "pass", v
 
 
-# ------------------------------------------------------------------------------------------------------ kernel layers alone (root)
+# ----------------------------------------------------------------------------------------- kernel layers alone (root)
 KERNEL = SandboxLimits(isolation="full", python_guards=False)
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="full isolation (uid drop, namespaces) needs root")
 
@@ -396,7 +396,7 @@ def test_output_cap_does_not_depend_on_python_guards(problems):
     assert not v.passed and v.status == "killed" and "exceeded" in v.detail, v
 
 
-# ------------------------------------------------------------------------------------------------------ positive controls
+# -------------------------------------------------------------------------------------------------- positive controls
 @pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/2", "HumanEval/32", "HumanEval/42", "Mbpp/2", "Mbpp/88",
                                      "Mbpp/124", "Mbpp/581", "Mbpp/787"])
 def test_canonical_solutions_pass(problems, task_id):
@@ -441,7 +441,7 @@ def test_exception_in_solution_is_failed_tests(problems):
     assert v.status == "failed_tests" and "ValueError: nope" in v.detail, v
 
 
-# ------------------------------------------------------------------------------------------------------ evalplus semantics (differential)
+# ---------------------------------------------------------------------------------- evalplus semantics (differential)
 DIFFERENTIAL = [
     ("HumanEval/2", "def truncate_number(number):\n    return number - int(number)\n"),
     ("HumanEval/2", "def truncate_number(number):\n    return number - int(number) + 5e-7\n"),  # within atol
@@ -494,6 +494,17 @@ def test_differential_cases_are_not_trivial(problems):
     assert verdicts == {True, False}
 
 
+def test_find_zero_follows_the_oracle_not_evalplus_0_3_1(problems):
+    """Known deviation: evalplus 0.3.1's `continue` after the find_zero oracle skips its pass bookkeeping, so it
+    fails HumanEval/32 even for the canonical solution.  We record an input as passed when |poly(x)| <= atol."""
+    p = problems["HumanEval/32"]
+    canonical = p["prompt"] + p["canonical_solution"]
+    assert _evalplus_verdict(p, "humaneval", canonical) is False
+    assert check_solution(canonical, p, "humaneval").passed
+    wrong = p["prompt"] + "    return 0.0\n"
+    assert not check_solution(wrong, p, "humaneval").passed
+
+
 def test_evalplus_itself_is_fooled_where_we_are_not(problems):
     """The motivating gap: evalplus's in-process `==` accepts an always-equal object; the sandbox does not."""
     task_id, code = load_hostile("eq_always_true")
@@ -502,7 +513,7 @@ def test_evalplus_itself_is_fooled_where_we_are_not(problems):
     assert check_solution(code, p, "humaneval").status == "failed_tests"
 
 
-# ------------------------------------------------------------------------------------------------------ no leaks
+# ----------------------------------------------------------------------------------------------------------- no leaks
 def test_no_leaked_processes_over_many_runs(problems, monkeypatch):
     created: list[str] = []
     real_mkdtemp = tempfile.mkdtemp
@@ -533,7 +544,7 @@ def test_no_leaked_processes_over_many_runs(problems, monkeypatch):
     assert len(created) == len(statuses) and not any(os.path.exists(d) for d in created)  # work dirs removed
 
 
-# ------------------------------------------------------------------------------------------------------ units: limits, decoder, canon, cache
+# ------------------------------------------------------------------------------- units: limits, decoder, canon, cache
 def test_limit_defaults_follow_evalplus():
     from evalplus.config import DEFAULT_GT_TIME_LIMIT_FACTOR, DEFAULT_MIN_TIME_LIMIT
     from evalplus.eval import query_maximum_memory_bytes

@@ -21,8 +21,7 @@ from latentmas.answers import extract_choice, letters_for
 from latentmas.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, Task, VendoredFile
 
 _CHOICE_INSTRUCTION = (
-    "Pick the single best option. State your final answer as the option's letter inside \\boxed{}, "
-    "for example \\boxed{B}."
+    "Reason briefly about the options, then write the letter of the single best option inside \\boxed{} at the end."
 )
 
 

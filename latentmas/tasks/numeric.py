@@ -12,8 +12,7 @@ from latentmas.answers import extract_number, format_number, numbers_equal, pars
 from latentmas.tasks.base import DatasetRecordError, HubSource, Task, VendoredFile
 
 _NUMERIC_INSTRUCTION = (
-    "Work through the problem, then state your final answer as a single number written inside \\boxed{}, "
-    "for example \\boxed{42}. Put only the number in the box, without units."
+    "Solve it step by step, then write the final numeric answer inside \\boxed{} at the end."
 )
 
 
@@ -53,8 +52,8 @@ class GSM8K(NumericTask):
 
 class AIME(NumericTask):
     answer_instruction = (
-        "Work through the problem, then state your final answer inside \\boxed{}. The answer is an integer from 0 "
-        "to 999, for example \\boxed{42}. Put only the integer in the box."
+        "Solve it step by step; the answer is an integer from 0 to 999. Write the final answer inside \\boxed{} "
+        "at the end."
     )
     use_row_id = False  # aime2024: the dataset's own problem id; aime2025: the position in the file
 
