@@ -30,7 +30,8 @@ bench: model
 
 # Unit + integration tests, offline, tiny random models; the SLURM harness brings up a real one-node SLURM.
 test: install
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not slurm" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -s -m slurm tests/test_slurm.py
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slurm" $(PYTEST_ARGS)

@@ -1335,6 +1335,11 @@ def expected_outputs(problem: dict, dataset: str, limits: SandboxLimits | None =
 def _compute_expected(problem: dict, dataset: str, lim: SandboxLimits, key: str, base: list, plus: list) -> _Expected:
     from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
 
+    # The reference run gets default resource limits whatever the candidate's are: the cached result must not
+    # depend on which check happened to compute it first.
+    lim = SandboxLimits(isolation=lim.isolation, canonical_wall_s=lim.canonical_wall_s,
+                        allow_ctypes=lim.allow_ctypes, expected_cache_dir=lim.expected_cache_dir).resolved()
+
     inputs = base + plus
     ep = problem["entry_point"]
     outs: list[_ExpOut | None] = [None] * len(inputs)

@@ -45,3 +45,28 @@ def test_real_model_check_model_cli(real_lm):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count('"passed": true') == 3
+
+
+def test_real_model_run_killed_and_resumed_equals_uninterrupted(real_lm, tmp_path):
+    """`latentmas run` on the real model, GSM8K, 4 samples: SIGKILL after the first record, rerun, compare."""
+    import signal
+    import time
+
+    from latentmas.records import read_records
+
+    def cmd(out):
+        return [sys.executable, "-m", "latentmas.cli", "run", "--model", real_lm.path, "--task", "gsm8k",
+                "--method", "latent_mas", "--latent-steps", "4", "--n", "4", "--batch-size", "1", "--greedy",
+                "--max-new-tokens", "24", "--out", str(out)]
+
+    ref, out = tmp_path / "ref.jsonl", tmp_path / "killed.jsonl"
+    subprocess.run(cmd(ref), check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and len(read_records(out)) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(read_records(out)) < 4
+    subprocess.run(cmd(out), check=True, capture_output=True)
+    strip = lambda r: (r["sample_id"], r["final_text"], r["tokens"], r["status"])  # noqa: E731
+    assert [strip(r) for r in read_records(out)] == [strip(r) for r in read_records(ref)]

@@ -515,6 +515,7 @@ def test_evalplus_itself_is_fooled_where_we_are_not(problems):
 
 # ----------------------------------------------------------------------------------------------------------- no leaks
 def test_no_leaked_processes_over_many_runs(problems, monkeypatch):
+    sandbox.expected_outputs(problems["HumanEval/0"], "humaneval")  # cached: each check below is one sandbox run
     created: list[str] = []
     real_mkdtemp = tempfile.mkdtemp
 
