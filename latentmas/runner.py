@@ -191,12 +191,42 @@ def _load_records(args) -> list[dict]:
     return task.load()
 
 
+def expand_cell_argv(argv: list[str]) -> list[str]:
+    """``--config FILE --cell ID [--shard I/N]`` → the explicit options the pipeline would pass for that shard.
+
+    Options given explicitly after them still win (argparse keeps the last value), e.g. ``--batch-size 1``.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--cell")
+    pre.add_argument("--shard", default="0/1")
+    known, rest = pre.parse_known_args(argv)
+    if not known.config and not known.cell:
+        return argv
+    if not (known.config and known.cell):
+        raise RunConfigError("--config and --cell go together")
+    from latentmas import experiment
+
+    cfg = experiment.load_config(known.config)
+    cell = experiment.get_cell(cfg, known.cell)
+    shard, n_shards = parse_shard(known.shard)
+    settings = experiment.cell_settings(cfg, cell, shard, n_shards)
+    align = experiment.align_file(cell["model"]) if settings.get("realign") else None
+    base = experiment.run_args(settings, experiment.model_dir(cell["model"]), cell["model"],
+                               experiment.data_file(cell["task"]), align)
+    return base + rest
+
+
 def cli_main(argv: list[str]) -> int:
     ap = build_parser()
+    ap.add_argument("--config", default=None, help="pipeline config (with --cell): run that cell's shard as the "
+                                                   "pipeline would; explicit options after it override")
+    ap.add_argument("--cell", default=None, help="cell id, e.g. qwen/gsm8k/latent_mas-sequential-k10-realign/seed0")
     try:
+        argv = expand_cell_argv(argv)
         args = _apply_settings_file(ap, argv)
         return run(args)
-    except (RunConfigError, ValueError, FileNotFoundError) as exc:
+    except (RunConfigError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"latentmas run: error: {exc}", file=sys.stderr)
         return 2
 

@@ -138,3 +138,23 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tiny_model_dir, t
     got = read_records(out)
     assert_same_records(got, read_records(ref))
     assert len({r["sample_id"] for r in got}) == len(got) == 6
+
+
+def test_config_plus_cell_id_gives_the_pipelines_arguments(tmp_path, capsys):
+    """`latentmas run --config FILE --cell ID` runs exactly what the pipeline's infer job runs for that shard."""
+    from latentmas import experiment
+    from latentmas.runner import expand_cell_argv
+
+    cfg_path = "config/tests/tiny.yaml"
+    cell = "tiny-qwen2/gsm8k/latent_mas-sequential-k2-realign/seed0"
+    argv = expand_cell_argv(["--config", cfg_path, "--cell", cell, "--shard", "1/2", "--out", "o.jsonl",
+                             "--batch-size", "1"])
+    cfg = experiment.load_config(cfg_path)
+    settings = experiment.cell_settings(cfg, experiment.get_cell(cfg, cell), 1, 2)
+    expected = experiment.run_args(settings, "resources/models/tiny-qwen2", "tiny-qwen2",
+                                   "results/data/gsm8k.parquet", "results/align/tiny-qwen2.safetensors")
+    assert argv[: len(expected)] == expected
+    assert argv[len(expected):] == ["--out", "o.jsonl", "--batch-size", "1"]  # explicit options override
+    assert ["--latent-steps", "2"] == argv[argv.index("--latent-steps"): argv.index("--latent-steps") + 2]
+    assert cli_main(["--config", cfg_path, "--cell", "tiny-qwen2/gsm8k/nope/seed0", "--out", str(tmp_path / "x")]) == 2
+    assert "'tiny-qwen2/gsm8k/nope/seed0' is not a cell of this config" in capsys.readouterr().err

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _common import OFFLINE, latentmas, log_path  # noqa: E402
+from _common import OFFLINE, REPO_ROOT, latentmas, log_path  # noqa: E402
+
+sys.path.insert(0, str(REPO_ROOT))
 
 sm = snakemake  # noqa: F821
 s = dict(sm.params.settings)
@@ -29,27 +31,10 @@ if not partial.exists():
     out.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
-# settings key -> `latentmas run` option (None: a flag handled below)
-OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent_steps": "--latent-steps",
-           "memory": "--memory", "ridge_lambda": "--ridge-lambda", "seed": "--seed", "n": "--n", "shard": "--shard",
-           "batch_size": "--batch-size", "temperature": "--temperature", "top_p": "--top-p",
-           "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
-           "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None}
-unknown = set(s) - set(OPTIONS)
-if unknown:
-    sys.exit(f"infer.py: no `latentmas run` option for settings {sorted(unknown)}")
+from latentmas.experiment import run_args  # noqa: E402
 
 model_dir = Path(sm.input.model).parent
-args = ["run", "--model", model_dir, "--model-name", model_dir.name, "--data", sm.input.data]
-for key, opt in OPTIONS.items():
-    if opt is not None and s.get(key) is not None:
-        args += [opt, s[key]]
-if "realign" in s:
-    args += ["--realign" if s["realign"] else "--no-realign"]
-    if s["realign"]:
-        args += ["--align-file", sm.input.align]
-if s.get("greedy"):
-    args += ["--greedy"]
+args = ["run", *run_args(s, model_dir, model_dir.name, sm.input.data, sm.input.get("align"))]
 args += ["--out", partial]
 
 latentmas(args, log_path(sm), env=OFFLINE, threads=sm.threads)

@@ -1,0 +1,282 @@
+"""The experiment grid as data: validate a pipeline config, expand it into cells, derive each shard's run settings.
+
+One source of truth for Snakemake (``workflow/rules/common.smk`` calls these functions) and for
+``latentmas run --config FILE --cell ID``: both see the same cells and the same settings for a cell, so a shard run
+by hand is identical to the one the pipeline runs. Nothing here touches the network or the filesystem beyond reading
+the config and the schema.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """An invalid pipeline config; the message lists every problem by key path."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Schema validation (defaults filled in), with messages that name the key path.
+# ---------------------------------------------------------------------------------------------------------------------
+# Defaults the schema cannot carry because the same sub-schema is used for per-model overrides (which must stay empty
+# where the user left them empty, so the top-level values show through).
+LATENT_DEFAULTS = {"steps": [10], "realign": [True], "memory": ["all"]}
+# (cpus_per_task defaults to the job's threads)
+RESOURCE_DEFAULTS = {
+    "default": {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0},
+    "fetch_model": {"mem_mb": 16000, "runtime": 240},
+    "align": {"mem_mb": 8000, "runtime": 60},
+    "infer": {"mem_mb": 8000, "runtime": 240},
+    "score": {"mem_mb": 4000, "runtime": 60},
+}
+TASK_NAMES = ("gsm8k", "aime2024", "aime2025", "gpqa_diamond", "medqa", "arc_easy", "arc_challenge", "mbppplus",
+              "humanevalplus")
+
+
+def _with_defaults(validator_class):
+    """jsonschema validator that also fills `default`s of properties (the documented jsonschema recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(path) -> str:
+    out = "config"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _describe(error) -> str:
+    """One line per error: the key path, what is wrong, what is allowed."""
+    path = _key_path(error.absolute_path)
+    v = error.validator
+    if v == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed
+                 and not any(re.search(p, k) for p in error.schema.get("patternProperties", {}))]
+        return "; ".join(f"{path}.{k}: unknown key (allowed: {', '.join(allowed)})" for k in extra)
+    if v == "propertyNames":
+        bad = error.instance
+        if "enum" in error.validator_value:
+            return f"{path}.{bad}: unknown name {bad!r} (known: {', '.join(error.validator_value['enum'])})"
+        return f"{path}.{bad}: invalid name {bad!r} ({error.message})"
+    if v == "enum" and "propertyNames" in error.schema_path:
+        parent = _key_path(error.absolute_path)
+        return f"{parent}.{error.instance}: unknown name {error.instance!r} (known: {', '.join(error.validator_value)})"
+    if v == "enum":
+        return f"{path}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if v == "type":
+        want = error.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"{path}: expected {want}, got {type(error.instance).__name__} {error.instance!r}"
+    if v in ("minimum", "exclusiveMinimum"):
+        op = ">=" if v == "minimum" else ">"
+        return f"{path}: must be {op} {error.validator_value}, got {error.instance!r}"
+    return f"{path}: {error.message}"
+
+
+def validate_config(cfg: dict, schema_path=SCHEMA_PATH) -> dict:
+    """Validate ``cfg`` in place (filling defaults); raise WorkflowError listing every problem by key path."""
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    cls = _with_defaults(jsonschema.Draft202012Validator)
+    errors = sorted(cls(schema).iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    lines = []
+    for err in errors:
+        # a oneOf/anyOf wrapper says little; its best sub-error says what is wrong
+        if err.context:
+            err = jsonschema.exceptions.best_match(err.context)
+        line = _describe(err)
+        if line not in lines:
+            lines.append(line)
+    lines += semantic_errors(cfg) if not lines else []
+    if lines:
+        raise ConfigError("invalid workflow config:\n  " + "\n  ".join(lines))
+    return cfg
+
+
+def semantic_errors(cfg: dict) -> list:
+    """What the schema cannot express: cross-references and impossible combinations."""
+    errs = []
+    models, tasks = cfg["models"], cfg["tasks"]
+    for name, t in tasks.items():
+        if t.get("n") is not None and t["n_shards"] > t["n"]:
+            errs.append(f"config.tasks.{name}.n_shards: {t['n_shards']} shards for n={t['n']} items "
+                        f"(some shards would be empty; use at most n)")
+    for i, c in enumerate(cfg.get("extra_cells", [])):
+        where = f"config.extra_cells[{i}]"
+        if c["model"] not in models:
+            errs.append(f"{where}.model: {c['model']!r} is not declared under models: "
+                        f"(declared: {', '.join(models)})")
+        if c["task"] not in tasks:
+            known = [t for t in TASK_NAMES if t in tasks]
+            errs.append(f"{where}.task: {c['task']!r} is not declared under tasks: (declared: {', '.join(known)})")
+        if c["method"] == "baseline" and "arch" in c:
+            errs.append(f"{where}.arch: baseline is a single agent and has no arch")
+        if c["method"] != "latent_mas":
+            for k in ("latent_steps", "realign", "memory"):
+                if k in c:
+                    errs.append(f"{where}.{k}: only latent_mas cells have latent settings (method is {c['method']})")
+    return errs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Cells: model x task x method x arch x latent settings x seed, only the meaningful combinations.
+#    id = {model}/{task}/{variant}/seed{seed}; variant = baseline | text_mas-{arch} |
+#         latent_mas-{arch}-k{steps}-{realign|norealign}[-mem_{memory}]  (memory suffix only when not "all")
+# ---------------------------------------------------------------------------------------------------------------------
+def latent_settings(cfg: dict, model: str) -> dict:
+    out = dict(LATENT_DEFAULTS)
+    out.update(cfg.get("latent", {}))
+    out.update(cfg["models"][model].get("latent", {}))
+    return out
+
+
+def variant_of(method, arch=None, latent_steps=None, realign=None, memory=None) -> str:
+    if method == "baseline":
+        return "baseline"
+    if method == "text_mas":
+        return f"text_mas-{arch}"
+    v = f"latent_mas-{arch}-k{latent_steps}-{'realign' if realign else 'norealign'}"
+    return v if memory == "all" else f"{v}-mem_{memory}"
+
+
+def _cell(model, task, method, seed, arch=None, latent_steps=None, realign=None, memory=None) -> dict:
+    variant = variant_of(method, arch, latent_steps, realign, memory)
+    return dict(id=f"{model}/{task}/{variant}/seed{seed}", model=model, task=task, variant=variant, method=method,
+                arch=arch, latent_steps=latent_steps, realign=realign, memory=memory, seed=seed)
+
+
+def expand_cells(cfg) -> dict:
+    cells = {}
+
+    def add(c):
+        cells.setdefault(c["id"], c)
+
+    for model in cfg["models"]:
+        lat = latent_settings(cfg, model)
+        for task in cfg["tasks"]:
+            for seed in cfg["seeds"]:
+                for method in cfg["methods"]:
+                    if method == "baseline":
+                        add(_cell(model, task, method, seed))
+                    elif method == "text_mas":
+                        for arch in cfg["archs"]:
+                            add(_cell(model, task, method, seed, arch))
+                    else:
+                        for arch in cfg["archs"]:
+                            for k in lat["steps"]:
+                                for r in lat["realign"]:
+                                    for mem in lat["memory"]:
+                                        add(_cell(model, task, method, seed, arch, k, r, mem))
+    for c in cfg.get("extra_cells", []):
+        method, model = c["method"], c["model"]
+        lat = latent_settings(cfg, model)
+        arch = None if method == "baseline" else c.get("arch", cfg["archs"][0])
+        seed = c.get("seed", cfg["seeds"][0])
+        if method == "latent_mas":
+            add(_cell(model, c["task"], method, seed, arch, c.get("latent_steps", lat["steps"][0]),
+                      c.get("realign", lat["realign"][0]), c.get("memory", lat["memory"][0])))
+        else:
+            add(_cell(model, c["task"], method, seed, arch))
+    return cells
+
+
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Read and validate a pipeline config file (defaults filled in)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} not found")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    return validate_config(cfg, schema_path)
+
+
+def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
+    """Everything `latentmas run` is told for one shard of a cell besides file paths.
+
+    Only the keys that matter for this cell appear (sampling knobs only when sampling, latent settings only for
+    latent_mas), so Snakemake's params rerun trigger reruns exactly the jobs whose slice of the config changed.
+    """
+    m, t, dec = cfg["models"][cell["model"]], cfg["tasks"][cell["task"]], cfg["decoding"]
+    s = {"task": cell["task"], "method": cell["method"]}
+    if cell["method"] != "baseline":
+        s["arch"] = cell["arch"]
+    if cell["method"] == "latent_mas":
+        s.update(latent_steps=cell["latent_steps"], realign=cell["realign"], memory=cell["memory"])
+        lam = latent_settings(cfg, cell["model"]).get("ridge_lambda")
+        if cell["realign"] and lam is not None:
+            s["ridge_lambda"] = lam
+    s.update(seed=cell["seed"], n=t["n"], shard=f"{int(shard)}/{int(nshards)}",
+             batch_size=m.get("batch_size", dec["batch_size"]), greedy=dec["greedy"])
+    if not dec["greedy"]:
+        s.update(temperature=dec["temperature"], top_p=dec["top_p"])
+    s["max_new_tokens"] = t.get("max_new_tokens", dec["max_new_tokens"])
+    if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
+        s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
+    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"])
+    return s
+
+
+def get_cell(cfg: dict, cell_id: str) -> dict:
+    cells = expand_cells(cfg)
+    if cell_id not in cells:
+        near = [c for c in sorted(cells) if c.split("/")[:2] == cell_id.split("/")[:2]][:5]
+        raise ConfigError(f"{cell_id!r} is not a cell of this config" + (f"; cells of that model/task: {near}"
+                                                                        if near else ""))
+    return cells[cell_id]
+
+
+# Paths of the pipeline's artifacts (relative to the working directory), shared with the Snakemake rules.
+def model_dir(model: str) -> str:
+    return f"resources/models/{model}"
+
+
+def data_file(task: str) -> str:
+    return f"results/data/{task}.parquet"
+
+
+def align_file(model: str) -> str:
+    return f"results/align/{model}.safetensors"
+
+
+# settings key -> `latentmas run` option (None: a boolean flag handled in run_args)
+RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent_steps": "--latent-steps",
+               "memory": "--memory", "ridge_lambda": "--ridge-lambda", "seed": "--seed", "n": "--n",
+               "shard": "--shard", "batch_size": "--batch-size", "temperature": "--temperature", "top_p": "--top-p",
+               "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
+               "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None}
+
+
+def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: str | None) -> list[str]:
+    """The `latentmas run` arguments (without --out) for one shard's settings (see :func:`cell_settings`)."""
+    unknown = set(settings) - set(RUN_OPTIONS)
+    if unknown:
+        raise ConfigError(f"no `latentmas run` option for settings {sorted(unknown)}")
+    args = ["--model", str(model_dir), "--model-name", model_name, "--data", str(data)]
+    for key, opt in RUN_OPTIONS.items():
+        if opt is not None and settings.get(key) is not None:
+            args += [opt, str(settings[key])]
+    if "realign" in settings:
+        args.append("--realign" if settings["realign"] else "--no-realign")
+        if settings["realign"]:
+            if align is None:
+                raise ConfigError("a realigned latent_mas cell needs its W_a file")
+            args += ["--align-file", str(align)]
+    if settings.get("greedy"):
+        args.append("--greedy")
+    return args
