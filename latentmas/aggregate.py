@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -602,26 +601,16 @@ def _csv_frame(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(exprs)
 
 
-def published_mode(tmp: Path) -> None:
-    """Give a finished temp file the mode a plainly created file would get (atomic_path's mkstemp makes it 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-
-
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
-        published_mode(tmp)
 
 
 def _write_frame(df: pl.DataFrame, out_dir: Path, stem: str) -> None:
     with atomic_path(out_dir / f"{stem}.parquet") as tmp:
         df.write_parquet(tmp, compression="zstd", statistics=True)
-        published_mode(tmp)
     with atomic_path(out_dir / f"{stem}.csv") as tmp:
         _csv_frame(df).write_csv(tmp)
-        published_mode(tmp)
 
 
 def build_summary(cells: list[dict[str, Any]], samples: Sequence[Sample], inputs: list[dict[str, Any]]) -> dict:

@@ -26,8 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import polars as pl
 
-from latentmas.aggregate import (ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank,
-                                 published_mode)
+from latentmas.aggregate import ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank
 from latentmas.records import atomic_path
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,6 @@ def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
             if ext == "png":
                 kwargs["dpi"] = DPI
             fig.savefig(tmp, **kwargs)
-            published_mode(tmp)
         written.append(target)
     return written
 

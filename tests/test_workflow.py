@@ -316,7 +316,7 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     assert len(merged) == 2
     assert not list((wd / "results/infer").rglob("*.partial*"))
 
-    p = smk(wd, "--configfile", tiny, "--report", "reports/report.html")
+    smk(wd, "--configfile", tiny, "--report", "reports/report.html")
     html = (wd / "reports/report.html").read_text()
     assert "accuracy.png" in html and "cells.csv" in html and len(html) > 100_000
 
