@@ -67,9 +67,13 @@ def canary(tmp_path):
 
 @pytest.fixture()
 def visible_dir():
-    """A root-owned, world-readable directory outside every tmp dir (so full isolation does not hide it):
-    the kernel-layer tests show the uid drop, not the private /tmp, protects it.  Removed afterwards."""
-    d = Path(tempfile.mkdtemp(prefix=".runtime-canary-", dir=HOSTILE))
+    """A root-owned, world-readable directory outside every directory full isolation hides (/tmp, /var/tmp,
+    /dev/shm, /run, /root — and the checkout itself may live under one of them, as CI clones can): the kernel-layer
+    tests show the uid drop, not the private mounts, protects it.  Removed afterwards."""
+    hidden = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root")
+    bases = [HOSTILE, Path("/srv"), Path("/var/lib"), Path("/opt")]
+    base = next(b for b in bases if b.is_dir() and not str(b.resolve()).startswith(hidden))
+    d = Path(tempfile.mkdtemp(prefix=".latentmas-canary-", dir=base))
     try:
         d.chmod(0o755)
         c = d / "canary.txt"
