@@ -186,14 +186,8 @@ def draw_accuracy(cells: list[dict[str, Any]]) -> Figure:
         ax.set_ylabel("Accuracy (%)")
         ax.set_ylim(0.0, 100.0)
         ax.set_xlim(-0.5, len(tasks) - 0.5)
-    axes[-1].set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 4 else 0,
-                        ha="right" if len(tasks) > 4 else "center")
-    axes[-1].set_xlabel("Task")
-    order = sorted(handles)
-    fig.legend([handles[j] for j in order], [config_label(_config_row(configs[j])) for j in order],
-               loc="outside lower center", ncols=_ncols(len(order), width), frameon=False,
-               title="Method (error bars: 95% CI, see TABLES.md)")
-    return fig
+    return _finish_task_panels(fig, axes, tasks, handles, configs, width,
+                               "Method (error bars: 95% CI, see TABLES.md)")
 
 
 def draw_tokens(cells: list[dict[str, Any]]) -> Figure:
@@ -270,15 +264,9 @@ def draw_speedup(cells: list[dict[str, Any]]) -> Figure:
         ax.set_ylabel("Speedup vs TextMAS (×)")
         ax.set_ylim(0.0, max(1.2, ymax * 1.15))
         ax.set_xlim(-0.5, len(tasks) - 0.5)
-    axes[-1].set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 4 else 0,
-                        ha="right" if len(tasks) > 4 else "center")
-    axes[-1].set_xlabel("Task")
-    order = sorted(handles)
-    fig.legend([handles[j] for j in order], [config_label(_config_row(configs[j])) for j in order],
-               loc="outside lower center", ncols=_ncols(len(order), width), frameon=False,
-               title="LatentMAS configuration (speedup = TextMAS wall s / LatentMAS wall s per sample; "
-                     "dashed line: 1×)")
-    return fig
+    return _finish_task_panels(fig, axes, tasks, handles, configs, width,
+                               "LatentMAS configuration (speedup = TextMAS wall s / LatentMAS wall s per sample; "
+                               "dashed line: 1×)")
 
 
 def latent_step_sweeps(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -363,6 +351,17 @@ def make_figures(table: str | Path, out_dir: str | Path) -> list[Path]:
                  "panel", table)
     log.info("wrote %d figure files to %s", len(written), out)
     return written
+
+
+def _finish_task_panels(fig, axes, tasks, handles, configs, width, legend_title: str):
+    """Shared tail of the per-task bar figures: task ticks on the bottom panel and one legend below all panels."""
+    axes[-1].set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 4 else 0,
+                        ha="right" if len(tasks) > 4 else "center")
+    axes[-1].set_xlabel("Task")
+    order = sorted(handles)
+    fig.legend([handles[j] for j in order], [config_label(_config_row(configs[j])) for j in order],
+               loc="outside lower center", ncols=_ncols(len(order), width), frameon=False, title=legend_title)
+    return fig
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
