@@ -61,13 +61,16 @@ def _output_matrix(model) -> torch.Tensor:
 
 
 def weight_fingerprint(model) -> str:
-    """sha256 over the bytes of the effective input-embedding map and lm_head (what W_a depends on)."""
+    """sha256 over the effective input-embedding map and lm_head (what W_a depends on), rounded to bf16 so the
+    fingerprint does not depend on the dtype the model was loaded in."""
     h = hashlib.sha256()
     emb_w = model.get_input_embeddings().weight
     out_w = _output_matrix(model)
     for t in (emb_w, out_w):
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        # bf16-rounded bytes: the same weights loaded in fp32 (the align job) or bf16 (GPU inference) must key the
+        # same W_a file
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.bfloat16).contiguous().view(torch.uint8).numpy().tobytes())
     # Scaling inside the embedding layer: probe token 0 and record the ratio to the raw weight row.
     probe = _effective_input_embeddings(model, slice(0, 1)).float().cpu()
     raw = emb_w[:1].detach().float().cpu()
@@ -134,8 +137,36 @@ def load_alignment(path: str | Path) -> Alignment:
                      ridge_lambda=float(meta["ridge_lambda"]))
 
 
-def load_or_compute(model, path: str | Path | None, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA) -> Alignment:
-    """Reuse the file when it belongs to these weights and this λ; otherwise compute (and save when a path is given)."""
+def compute_alignment_isolated(model_path: str, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA,
+                               device: str = "auto") -> Alignment:
+    """Compute W_a in a fresh process (``latentmas align``) and load the result.
+
+    Why: on the CPU, one large float64 GEMM leaves process-wide BLAS state behind that changes the rounding of later
+    float32 work. Measured on Qwen2.5-Coder-0.5B: after an in-process W_a solve, a cached continuation's logits were
+    0.015 from a float64 reference instead of 3.7e-4. Inference and checks must not depend on whether W_a happened
+    to be computed in the same process, so it never is.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="latentmas-align-") as tmp:
+        out = Path(tmp) / "w_a.safetensors"
+        cmd = [sys.executable, "-m", "latentmas.cli", "align", "--model", str(model_path), "--device", device,
+               "--ridge-lambda", repr(float(ridge_lambda)), "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"computing W_a for {model_path} failed:\n{proc.stderr[-2000:]}")
+        return load_alignment(out)
+
+
+def load_or_compute(model, path: str | Path | None, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA,
+                    model_path: str | None = None) -> Alignment:
+    """Reuse the file when it belongs to these weights and this λ; otherwise compute (and save when a path is given).
+
+    With ``model_path`` the computation runs in a fresh process (see :func:`compute_alignment_isolated`), so the
+    caller's later float32 numerics are the same whether or not W_a was cached.
+    """
     fp = None
     if path is not None and Path(path).exists():
         al = load_alignment(path)
@@ -144,7 +175,13 @@ def load_or_compute(model, path: str | Path | None, ridge_lambda: float = DEFAUL
             log.info("W_a loaded from %s", path)
             return al
         log.warning("%s belongs to other weights or λ (fingerprint/λ differ); recomputing", path)
-    al = compute_alignment(model, ridge_lambda)
+    if model_path is not None:
+        al = compute_alignment_isolated(model_path, ridge_lambda, str(_output_matrix(model).device))
+        fp = fp or weight_fingerprint(model)
+        if al.fingerprint != fp:
+            raise RuntimeError(f"W_a computed from {model_path} does not match the loaded weights' fingerprint")
+    else:
+        al = compute_alignment(model, ridge_lambda)
     if path is not None:
         save_alignment(al, path)
     return al

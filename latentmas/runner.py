@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         from latentmas.alignment import load_or_compute, target_norm
 
         if args.realign:
-            al = load_or_compute(lm.model, args.align_file, args.ridge_lambda)
+            al = load_or_compute(lm.model, args.align_file, args.ridge_lambda, model_path=args.model)
             mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
         else:
             mapper = LatentMapper(target_norm(lm.model), None, lm.device, lm.dtype)

@@ -218,3 +218,18 @@ def test_handoff_and_batching_on_cuda(tiny_model_dir, dtype, rtol):
     mapper = _mapper(lm)
     assert check_handoff(lm, mapper, steps=10, rtol=rtol).passed
     assert check_batch_invariance(lm, mapper, steps=10, rtol=max(rtol, 2e-3)).passed
+
+
+def test_isolated_w_a_equals_in_process_and_keys_across_dtypes(tiny_model_dir, tmp_path):
+    """W_a for inference is computed in a fresh process (float64 BLAS state must not leak into float32 numerics);
+    it must equal the in-process solve, and the fingerprint must not depend on the dtype the model is loaded in."""
+    from latentmas.alignment import weight_fingerprint
+    from latentmas.models import load_model
+
+    path = str(tiny_model_dir("qwen2"))
+    lm = load_model(path, dtype="float32", device="cpu")
+    iso = load_or_compute(lm.model, tmp_path / "w.safetensors", 1e-5, model_path=path)
+    ref = compute_alignment(lm.model, 1e-5)
+    assert torch.allclose(iso.w_a, ref.w_a, rtol=1e-6, atol=1e-7) and iso.fingerprint == ref.fingerprint
+    bf16 = load_model(path, dtype="bfloat16", device="cpu")
+    assert weight_fingerprint(bf16.model) == ref.fingerprint
