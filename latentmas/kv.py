@@ -16,6 +16,7 @@ Caches are used only through the transformers Cache API (``DynamicCache``, ``lay
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 
@@ -24,7 +25,12 @@ import torch
 
 def _cache_kwarg(model) -> str:
     """transformers 5.x renamed ``past_key_values=`` to ``cache=``; support both spellings."""
-    params = inspect.signature(model.forward).parameters
+    return _cache_kwarg_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(cls) -> str:  # once per class: this sits on the per-token hot path
+    params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

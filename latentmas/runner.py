@@ -117,14 +117,14 @@ def run_with_backoff(run_fn, samples: list, on_done) -> None:
         if len(samples) == 1:
             log.error("out of memory on a single sample (%s): recording it as failed", samples[0].sample_id)
             failed = SampleOutput(error="out of memory at batch size 1")
-            on_done(samples, [failed], 1)
+            on_done(samples, [failed])
             return
         half = len(samples) // 2
         log.warning("out of memory at batch size %d: retrying as %d + %d", len(samples), half, len(samples) - half)
         run_with_backoff(run_fn, samples[:half], on_done)
         run_with_backoff(run_fn, samples[half:], on_done)
         return
-    on_done(samples, outs, len(samples))
+    on_done(samples, outs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(todo), desc=f"{task.name}/{method}", unit="sample", dynamic_ncols=True, file=sys.stderr)
     with RecordWriter(out) as writer:
-        def on_done(batch: list[SampleInput], outs: list[SampleOutput], batch_size: int) -> None:
+        def on_done(batch: list[SampleInput], outs: list[SampleOutput]) -> None:
             for s, o in zip(batch, outs):
                 writer.write(make_record(s, o, by_id[s.sample_id]))
             bar.update(len(batch))

@@ -202,7 +202,10 @@ def test_nonfinite_latent_fails_only_that_sample(tiny_lm):
 
 def test_real_qwen_handoff_and_batching(real_lm):
     """Issue acceptance on the real Qwen2.5-Coder-0.5B (skipped when the model is not fetched)."""
-    mapper = _mapper(real_lm)
+    from latentmas.alignment import compute_alignment_isolated
+
+    al = compute_alignment_isolated(real_lm.path)  # never in-process on the real model (see its docstring)
+    mapper = LatentMapper(al.target_norm, al.w_a, real_lm.device, real_lm.dtype)
     res = check_handoff(real_lm, mapper, steps=10, rtol=1e-4)
     assert res.passed, res.detail
     assert check_batch_invariance(real_lm, mapper, steps=10).passed

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from latentmas.alignment import compute_alignment
+from latentmas.alignment import compute_alignment_isolated
 from latentmas.decoding import DecodeSettings
 from latentmas.latent import LatentMapper
 from latentmas.methods import MethodSettings, SampleInput, run_batch
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def mapper(real_lm):
-    al = compute_alignment(real_lm.model)
+    al = compute_alignment_isolated(real_lm.path)  # as `latentmas run` does: never in the inference process
     return LatentMapper(al.target_norm, al.w_a, real_lm.device, real_lm.dtype)
 
 
