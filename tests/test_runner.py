@@ -11,7 +11,7 @@ import time
 import pytest
 
 from latentmas.records import read_records
-from latentmas.runner import RunConfigError, cli_main, parse_shard, shard_slice
+from latentmas.pipeline.runner import RunConfigError, cli_main, parse_shard, shard_slice
 
 VOLATILE = {"wall_s", "peak_mem_mb", "batch_size"}
 
@@ -142,8 +142,8 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tiny_model_dir, t
 
 def test_config_plus_cell_id_gives_the_pipelines_arguments(tmp_path, capsys):
     """`latentmas run --config FILE --cell ID` runs exactly what the pipeline's infer job runs for that shard."""
-    from latentmas import experiment
-    from latentmas.runner import expand_cell_argv
+    from latentmas.pipeline import experiment
+    from latentmas.pipeline.runner import expand_cell_argv
 
     cfg_path = "config/tests/tiny.yaml"
     cell = "tiny-qwen2/gsm8k/latent_mas-sequential-k2-realign/seed0"

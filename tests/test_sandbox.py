@@ -1,4 +1,4 @@
-"""latentmas.sandbox: hostile candidate programs are contained and scored as failures; evalplus semantics hold.
+"""latentmas.eval.sandbox: hostile candidate programs are contained and scored as failures; evalplus semantics hold.
 
 Every hostile program (tests/hostile/*.py) is a candidate solution to a real HumanEval+/MBPP+ problem from the
 vendored data.  Each run asserts: not a pass, the expected status, this (scoring) process is alive, canary files
@@ -28,8 +28,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from latentmas import sandbox
-from latentmas.sandbox import CodeVerdict, SandboxError, SandboxLimits, check_solution
+from latentmas.eval import sandbox
+from latentmas.eval.sandbox import CodeVerdict, SandboxError, SandboxLimits, check_solution
 
 pytestmark = pytest.mark.timeout(180)
 

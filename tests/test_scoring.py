@@ -10,9 +10,9 @@ import pytest
 
 import latentmas
 from latentmas.records import read_records
-from latentmas.scoring import ScoringError, cli_main, partial_path, score_records
-from latentmas.tasks import get_task
-from latentmas.tasks.fetch import cli_main as fetch_main
+from latentmas.eval.scoring import ScoringError, cli_main, partial_path, score_records
+from latentmas.eval.tasks import get_task
+from latentmas.eval.tasks.fetch import cli_main as fetch_main
 
 
 def _rec(task: str, sid: str, text: str | None, gold: str | None, status: str = "ok", error: str | None = None,
@@ -130,7 +130,7 @@ class _FakeVerdict:
 
 @pytest.fixture
 def fake_sandbox(monkeypatch):
-    """Replace latentmas.sandbox with a recorder: passes iff the program contains 'return True'."""
+    """Replace latentmas.eval.sandbox with a recorder: passes iff the program contains 'return True'."""
     calls: list[str] = []
     state = {"die_after": None}
 
@@ -142,9 +142,12 @@ def fake_sandbox(monkeypatch):
         ok = "return True" in solution
         return _FakeVerdict(ok, "pass" if ok else "failed_tests")
 
-    mod = types.ModuleType("latentmas.sandbox")
+    mod = types.ModuleType("latentmas.eval.sandbox")
     mod.check_solution = check_solution
-    monkeypatch.setitem(sys.modules, "latentmas.sandbox", mod)
+    monkeypatch.setitem(sys.modules, "latentmas.eval.sandbox", mod)
+    import latentmas.eval
+
+    monkeypatch.setattr(latentmas.eval, "sandbox", mod, raising=False)  # `from latentmas.eval import sandbox` reads it
     monkeypatch.setattr(latentmas, "sandbox", mod, raising=False)
     return calls, state
 
@@ -201,7 +204,7 @@ def test_code_partial_is_ignored_when_the_record_changed(tmp_path, fake_sandbox)
 
 
 # ------------------------------------------------------------------------------------ the real sandbox
-# These use latentmas/sandbox.py (check_solution(solution, problem, dataset) -> CodeVerdict); each check runs the
+# These use latentmas/eval/sandbox.py (check_solution(solution, problem, dataset) -> CodeVerdict); each check runs the
 # evalplus base+plus tests in a subprocess, so only a handful of problems are used.
 
 
@@ -212,7 +215,7 @@ def _by_id(name: str) -> dict[str, dict]:
 @pytest.mark.parametrize("sid", ["humanevalplus/HumanEval/0", "humanevalplus/HumanEval/2"])
 def test_real_sandbox_humaneval_canonical_passes(sid):
     pytest.importorskip("evalplus")
-    import latentmas.sandbox  # noqa: F401  (fails loudly until sandbox.py lands)
+    import latentmas.eval.sandbox  # noqa: F401  (fails loudly until sandbox.py lands)
 
     task, rec = get_task("humanevalplus"), _by_id("humanevalplus")[sid]
     reply = f"```python\n{rec['extras']['prompt']}{rec['extras']['canonical_solution']}\n```"
@@ -223,7 +226,7 @@ def test_real_sandbox_humaneval_canonical_passes(sid):
 
 
 def test_real_sandbox_humaneval_wrong_fails():
-    import latentmas.sandbox  # noqa: F401
+    import latentmas.eval.sandbox  # noqa: F401
 
     task, rec = get_task("humanevalplus"), _by_id("humanevalplus")["humanevalplus/HumanEval/2"]
     reply = "```python\ndef truncate_number(number: float) -> float:\n    return number\n```"
@@ -232,7 +235,7 @@ def test_real_sandbox_humaneval_wrong_fails():
 
 
 def test_real_sandbox_mbpp_canonical_passes_and_wrong_fails():
-    import latentmas.sandbox  # noqa: F401
+    import latentmas.eval.sandbox  # noqa: F401
 
     task, rec = get_task("mbppplus"), _by_id("mbppplus")["mbppplus/Mbpp/2"]  # tuple inputs: needs deserialisation
     res = task.score(f"```python\n{rec['extras']['canonical_solution']}\n```", rec)
@@ -243,7 +246,7 @@ def test_real_sandbox_mbpp_canonical_passes_and_wrong_fails():
 
 
 def test_evalplus_problem_is_the_release_form_copy():
-    from latentmas.tasks import evalplus_problem
+    from latentmas.eval.tasks import evalplus_problem
 
     rec = _by_id("mbppplus")["mbppplus/Mbpp/2"]
     prob = evalplus_problem(rec, "mbpp")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from latentmas.tasks import (
+from latentmas.eval.tasks import (
     TASK_NAMES,
     DatasetRecordError,
     DatasetSourceError,
@@ -22,7 +22,7 @@ from latentmas.tasks import (
     gpqa_order,
     repo_data_dir,
 )
-from latentmas.tasks.fetch import DatasetArtifactError, cli_main as fetch_main, read_dataset
+from latentmas.eval.tasks.fetch import DatasetArtifactError, cli_main as fetch_main, read_dataset
 
 DATA = repo_data_dir()
 

@@ -214,8 +214,8 @@ def test_declared_output_names_match_the_package():
         m = re.search(rf"^{name} = (\(.*?\))\n", text, re.S | re.M)
         return ast.literal_eval(m.group(1))
 
-    aggregate = pytest.importorskip("latentmas.aggregate")
-    figures = pytest.importorskip("latentmas.figures")
+    aggregate = pytest.importorskip("latentmas.report.aggregate")
+    figures = pytest.importorskip("latentmas.report.figures")
     assert literal("TABLE_FILES") == tuple(aggregate.OUTPUT_FILES)
     assert literal("FIGURE_NAMES") == tuple(figures.FIGURES)
 
@@ -290,10 +290,10 @@ def test_infer_wrapper_resumes_its_partial_file_and_drops_stale_ones(tmp_path, m
 
 
 # ------------------------------------------------------------------------------------------------------- end to end
-ENGINE = importlib.util.find_spec("latentmas.runner") is not None
+ENGINE = importlib.util.find_spec("latentmas.pipeline.runner") is not None
 
 
-@pytest.mark.skipif(not ENGINE, reason="latentmas.runner (the inference engine) is not importable yet")
+@pytest.mark.skipif(not ENGINE, reason="latentmas.pipeline.runner (the inference engine) is not importable yet")
 def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     wd = _copy_workflow(tmp_path / "wf")
     tiny = "config/tests/tiny.yaml"
@@ -346,7 +346,7 @@ DOC = REPO / "docs/WORKFLOW.md"
 
 
 def test_docs_name_every_config_key():
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "latentmas/schemas/config.schema.yaml").read_text())
     defs = schema["$defs"]
 
     def resolve(s):

@@ -1,4 +1,4 @@
-# Stage 6: every cell's scored records -> tidy tables + paper-style Markdown tables (latentmas.aggregate).
+# Stage 6: every cell's scored records -> tidy tables + paper-style Markdown tables (latentmas.report.aggregate).
 
 
 rule aggregate:

@@ -12,14 +12,14 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the package from this checkou
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 1-2. Validation (messages name the key path) and cell expansion live in the package (latentmas.experiment), so
+# 1-2. Validation (messages name the key path) and cell expansion live in the package (latentmas.pipeline.experiment), so
 #      `latentmas run --config FILE --cell ID` sees exactly the cells and settings the pipeline runs.
 #      Cell id = {model}/{task}/{variant}/seed{seed}; variant = baseline | text_mas-{arch} |
 #      latent_mas-{arch}-k{steps}-{realign|norealign}[-mem_{memory}]  (memory suffix only when not "all")
 # ---------------------------------------------------------------------------------------------------------------------
-from latentmas import experiment as _experiment
+from latentmas.pipeline import experiment as _experiment
 
-SCHEMA_PATH = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = _experiment.SCHEMA_PATH  # package data: latentmas/schemas/
 RESOURCE_DEFAULTS = _experiment.RESOURCE_DEFAULTS
 
 try:
@@ -79,8 +79,8 @@ def all_cell_scores() -> list:
     return [cell_scores(cid) for cid in sorted(CELLS)]
 
 
-# The fixed file names `latentmas aggregate` / `latentmas figures` write (latentmas.aggregate.OUTPUT_FILES,
-# latentmas.figures.FIGURES; tests/test_workflow.py keeps them in sync).
+# The fixed file names `latentmas aggregate` / `latentmas figures` write (latentmas.report.aggregate.OUTPUT_FILES,
+# latentmas.report.figures.FIGURES; tests/test_workflow.py keeps them in sync).
 TABLE_FILES = ("cells.parquet", "cells.csv", "per_seed.parquet", "per_seed.csv", "table_accuracy.md",
                "table_tokens.md", "table_speed.md", "summary.json")
 TABLE_CAPTIONS = {

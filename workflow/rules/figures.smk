@@ -1,4 +1,4 @@
-# Stage 7: figures from the cells table (latentmas.figures), then `publish`: the paper-ready copy under reports/.
+# Stage 7: figures from the cells table (latentmas.report.figures), then `publish`: the paper-ready copy under reports/.
 
 
 rule figures:

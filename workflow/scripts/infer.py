@@ -31,7 +31,7 @@ if not partial.exists():
     out.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
 
-from latentmas.experiment import run_args  # noqa: E402
+from latentmas.pipeline.experiment import run_args  # noqa: E402
 
 model_dir = Path(sm.input.model).parent
 args = ["run", *run_args(s, model_dir, model_dir.name, sm.input.data, sm.input.get("align"))]

@@ -29,14 +29,14 @@ from typing import Any, Iterable, Sequence
 import polars as pl
 
 from latentmas.records import atomic_path, read_records
-from latentmas.stats import mean_sd, t_interval, wilson_interval
+from latentmas.report.stats import mean_sd, t_interval, wilson_interval
 
 log = logging.getLogger(__name__)
 
 CI_LEVEL = 0.95
 METHODS = ("baseline", "text_mas", "latent_mas")
 METHOD_LABEL = {"baseline": "Single", "text_mas": "TextMAS", "latent_mas": "LatentMAS"}
-# canonical task order (mirrors latentmas.tasks.TASK_NAMES / DESIGN.md); unknown tasks sort after, alphabetically
+# canonical task order (mirrors latentmas.eval.tasks.TASK_NAMES / DESIGN.md); unknown tasks sort after, alphabetically
 TASK_ORDER = ("gsm8k", "aime2024", "aime2025", "gpqa_diamond", "medqa", "arc_easy", "arc_challenge", "mbppplus",
               "humanevalplus")
 ARCH_ORDER = ("sequential", "hierarchical")

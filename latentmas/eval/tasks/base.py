@@ -32,7 +32,7 @@ KINDS = ("numeric", "choice", "code")
 
 
 class UnknownTaskError(ValueError):
-    """A task name that is not one of :data:`latentmas.tasks.TASK_NAMES`."""
+    """A task name that is not one of :data:`latentmas.eval.tasks.TASK_NAMES`."""
 
     def __init__(self, name: object, known: Iterable[str]):
         self.name = name
@@ -89,7 +89,7 @@ def repo_data_dir() -> Path:
     env = os.environ.get("LATENTMAS_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data"
+    return Path(__file__).resolve().parents[3] / "data"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from latentmas.records import RecordWriter, read_records, repair, write_jsonl_atomic
-from latentmas.tasks import TASK_NAMES, Task, get_task
-from latentmas.tasks.base import ScoreResult
+from latentmas.eval.tasks import TASK_NAMES, Task, get_task
+from latentmas.eval.tasks.base import ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def score_records(records: Iterable[dict[str, Any]], task: Task | str,
                   data_records_by_id: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Score every record (in order); see the module docstring for the added keys and the errors.
 
-    ``task`` is a :class:`~latentmas.tasks.Task` or its name. No resume here: see :func:`score_resumable`.
+    ``task`` is a :class:`~latentmas.eval.tasks.Task` or its name. No resume here: see :func:`score_resumable`.
     """
     if isinstance(task, str):
         task = get_task(task)
@@ -162,7 +162,7 @@ def score_file(in_path: str | os.PathLike, out_path: str | os.PathLike, data_pat
     records = read_records(in_path)
     data: list[dict[str, Any]] | None = None
     if data_path is not None:
-        from latentmas.tasks.fetch import read_dataset
+        from latentmas.eval.tasks.fetch import read_dataset
 
         data = read_dataset(data_path)
     task = _pick_task(task_name, records, [d["id"] for d in data] if data is not None else None)
@@ -190,8 +190,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="scored records (JSONL), written atomically")
     ap.add_argument("--jobs", type=int, default=1, help="code tasks: programs checked in parallel (default 1)")
     args = ap.parse_args(argv)
-    from latentmas.tasks.base import DatasetRecordError, DatasetSourceError
-    from latentmas.tasks.fetch import DatasetArtifactError
+    from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError
+    from latentmas.eval.tasks.fetch import DatasetArtifactError
 
     try:
         score_file(args.input, args.out, data_path=args.data, task_name=args.task, jobs=args.jobs)

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from latentmas import __version__
-from latentmas.decoding import DecodeSettings
-from latentmas.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.engine.decoding import DecodeSettings
+from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
 from latentmas.records import RecordWriter, repair
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,11 @@ def _apply_settings_file(ap: argparse.ArgumentParser, argv: list[str]) -> argpar
 
 
 def _load_records(args) -> list[dict]:
-    from latentmas.tasks import get_task
+    from latentmas.eval.tasks import get_task
 
     task = get_task(args.task)
     if args.data:
-        from latentmas.tasks.fetch import read_dataset
+        from latentmas.eval.tasks.fetch import read_dataset
 
         return read_dataset(args.data)
     return task.load()
@@ -205,7 +205,7 @@ def expand_cell_argv(argv: list[str]) -> list[str]:
         return argv
     if not (known.config and known.cell):
         raise RunConfigError("--config and --cell go together")
-    from latentmas import experiment
+    from latentmas.pipeline import experiment
 
     cfg = experiment.load_config(known.config)
     cell = experiment.get_cell(cfg, known.cell)
@@ -234,10 +234,10 @@ def cli_main(argv: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from latentmas.latent import LatentMapper
-    from latentmas.models import load_model, model_name_of
-    from latentmas.tasks import get_task
-    from latentmas.topology import load_topology
+    from latentmas.engine.latent import LatentMapper
+    from latentmas.engine.models import load_model, model_name_of
+    from latentmas.eval.tasks import get_task
+    from latentmas.engine.topology import load_topology
 
     shard, n_shards = parse_shard(args.shard)
     if args.batch_size < 1:
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
     mapper = None
     if is_latent:
-        from latentmas.alignment import load_or_compute, target_norm
+        from latentmas.engine.alignment import load_or_compute, target_norm
 
         if args.realign:
             al = load_or_compute(lm.model, args.align_file, args.ridge_lambda, model_path=args.model)

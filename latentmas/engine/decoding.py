@@ -1,4 +1,4 @@
-"""Batched text decoding on top of a :class:`~latentmas.kv.SequenceBatch`.
+"""Batched text decoding on top of a :class:`~latentmas.engine.kv.SequenceBatch`.
 
 Why not ``model.generate``: our caches carry pad slots in the middle (from left-padded later segments) and explicit
 per-sample positions; generate would re-derive positions from the mask. This loop feeds one token per step with
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentmas.kv import SequenceBatch, extend
+from latentmas.engine.kv import SequenceBatch, extend
 
 
 @dataclass(frozen=True)

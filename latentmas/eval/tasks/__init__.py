@@ -1,6 +1,6 @@
 """The nine benchmarks as data: where each comes from, what a record looks like, how answers are read and scored.
 
->>> from latentmas.tasks import get_task
+>>> from latentmas.eval.tasks import get_task
 >>> task = get_task("gsm8k")
 >>> records = task.load()                 # vendored copy under data/ (sha256-checked)
 >>> task.user_prompt(records[0])          # what the agents are asked
@@ -12,7 +12,7 @@ See docs/TASKS.md for the table of sources, id schemes and extraction rules.
 """
 from __future__ import annotations
 
-from latentmas.tasks.base import (
+from latentmas.eval.tasks.base import (
     DatasetRecordError,
     DatasetSourceError,
     HubSource,
@@ -22,9 +22,9 @@ from latentmas.tasks.base import (
     VendoredFile,
     repo_data_dir,
 )
-from latentmas.tasks.choice import ARCChallenge, ARCEasy, GPQADiamond, MedQA, gpqa_order
-from latentmas.tasks.coding import HumanEvalPlus, MbppPlus, evalplus_problem
-from latentmas.tasks.numeric import AIME2024, AIME2025, GSM8K
+from latentmas.eval.tasks.choice import ARCChallenge, ARCEasy, GPQADiamond, MedQA, gpqa_order
+from latentmas.eval.tasks.coding import HumanEvalPlus, MbppPlus, evalplus_problem
+from latentmas.eval.tasks.numeric import AIME2024, AIME2025, GSM8K
 
 _TASKS: dict[str, Task] = {
     t.name: t

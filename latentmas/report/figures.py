@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import polars as pl
 
-from latentmas.aggregate import ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank
+from latentmas.report.aggregate import ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank
 from latentmas.records import atomic_path
 
 log = logging.getLogger(__name__)

@@ -30,13 +30,13 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
-    from latentmas.alignment import load_or_compute
-    from latentmas.decoding import DecodeSettings
-    from latentmas.latent import LatentMapper
-    from latentmas.methods import MethodSettings, SampleInput, run_batch
-    from latentmas.models import load_model
-    from latentmas.tasks import get_task
-    from latentmas.topology import load_topology
+    from latentmas.engine.alignment import load_or_compute
+    from latentmas.engine.decoding import DecodeSettings
+    from latentmas.engine.latent import LatentMapper
+    from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
+    from latentmas.engine.models import load_model
+    from latentmas.eval.tasks import get_task
+    from latentmas.engine.topology import load_topology
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     task = get_task(args.task)

@@ -1448,7 +1448,7 @@ def _run_child(*, mode: str, code: str, entry_point: str, inputs: list, time_lim
         import warnings
 
         _ISOLATION_FALLBACK["auto"] = res.detail
-        warnings.warn(f"latentmas.sandbox: full isolation unavailable ({res.detail}); using basic isolation "
+        warnings.warn(f"latentmas.eval.sandbox: full isolation unavailable ({res.detail}); using basic isolation "
                       f"(rlimits + audit hook + reliability_guard)", RuntimeWarning, stacklevel=3)
         res = _run_child_once(mode=mode, code=code, entry_point=entry_point, inputs=inputs,
                               time_limits=time_limits, not_none=not_none, lim=lim, wall_s=wall_s,

@@ -194,7 +194,7 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    from latentmas.models import ModelLoadError, load_model
+    from latentmas.engine.models import ModelLoadError, load_model
 
     try:
         lm = load_model(args.model, dtype="float32", device=args.device, attn_implementation=None,

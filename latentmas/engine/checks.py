@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from latentmas.kv import SequenceBatch, _cache_kwarg, extend, left_pad
-from latentmas.latent import LatentMapper
-from latentmas.models import LoadedModel, encode, render_chat
+from latentmas.engine.kv import SequenceBatch, _cache_kwarg, extend, left_pad
+from latentmas.engine.latent import LatentMapper
+from latentmas.engine.models import LoadedModel, encode, render_chat
 
 PROMPTS_A = [
     "Natalia sold clips to 48 friends in April, and half as many in May. How many clips did she sell?",
@@ -98,7 +98,7 @@ def check_handoff(lm: LoadedModel, mapper: LatentMapper, steps: int = 10, rtol: 
 
 
 def _rollout_then_b(lm: LoadedModel, mapper: LatentMapper, idx: list[int], steps: int) -> torch.Tensor:
-    from latentmas.latent import latent_rollout
+    from latentmas.engine.latent import latent_rollout
 
     batch = SequenceBatch.empty(lm.model, len(idx), lm.device)
     ids, mask = left_pad([_ids(lm, PROMPTS_A[i]) for i in idx], lm.pad_token_id, lm.device)
@@ -119,7 +119,7 @@ def check_batch_invariance(lm: LoadedModel, mapper: LatentMapper, steps: int = 1
 
 
 def check_alignment(lm: LoadedModel, al, tol: float = 1e-4) -> CheckResult:
-    from latentmas.alignment import _effective_input_embeddings, _output_matrix
+    from latentmas.engine.alignment import _effective_input_embeddings, _output_matrix
 
     with torch.no_grad():
         wo = _output_matrix(lm.model).double()
@@ -134,7 +134,7 @@ def check_alignment(lm: LoadedModel, al, tol: float = 1e-4) -> CheckResult:
 
 def run_checks(lm: LoadedModel, steps: int = 10, rtol: float = 1e-4, fault: str | None = None,
                ridge_lambda: float = 1e-5, batch_rtol: float = 2e-3) -> list[CheckResult]:
-    from latentmas.alignment import compute_alignment_isolated
+    from latentmas.engine.alignment import compute_alignment_isolated
 
     al = compute_alignment_isolated(lm.path, ridge_lambda, str(lm.device))  # never in-process: see its docstring
     mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
@@ -157,7 +157,7 @@ def cli_main(argv: list[str]) -> int:
                     help="deliberately break the hand-off to show the check catches it")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
-    from latentmas.models import ModelLoadError, load_model
+    from latentmas.engine.models import ModelLoadError, load_model
 
     try:
         lm = load_model(args.model, dtype="float32", device=args.device, chat_template=args.chat_template)

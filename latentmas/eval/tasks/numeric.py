@@ -1,6 +1,6 @@
 """Tasks whose answer is a number: GSM8K, AIME 2024, AIME 2025.
 
-Gold answers are stored in canonical number form (:func:`latentmas.answers.format_number`), predictions are compared
+Gold answers are stored in canonical number form (:func:`latentmas.eval.extract.format_number`), predictions are compared
 as exact fractions, so ``18``, ``18.0``, ``$18`` and ``\\boxed{18}`` all match a gold of ``18``.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from latentmas.answers import extract_number, format_number, numbers_equal, parse_number
-from latentmas.tasks.base import DatasetRecordError, HubSource, Task, VendoredFile
+from latentmas.eval.extract import extract_number, format_number, numbers_equal, parse_number
+from latentmas.eval.tasks.base import DatasetRecordError, HubSource, Task, VendoredFile
 
 _NUMERIC_INSTRUCTION = (
     "Solve it step by step, then write the final numeric answer inside \\boxed{} at the end."

@@ -14,8 +14,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH
 
 
 class ConfigError(ValueError):

@@ -1,17 +1,17 @@
-"""Code tasks: HumanEval+ and MBPP+ (evalplus), scored by running the program in :mod:`latentmas.sandbox`.
+"""Code tasks: HumanEval+ and MBPP+ (evalplus), scored by running the program in :mod:`latentmas.eval.sandbox`.
 
 The common record keeps the whole evalplus problem (task_id, prompt, entry_point, canonical_solution, base_input,
 plus_input, atol, contract, and MBPP+'s assertion) in ``extras``, exactly as the vendored release file has it, so a
 scorer needs nothing but the dataset artifact. ``gold`` is the entry point (the function the tests call).
 
 From the reply to a program (:meth:`CodeTask.solution`): the last fenced python block (see
-:func:`latentmas.answers.extract_code`); for HumanEval+, if the reply has no ``def <entry_point>(`` the prompt (the
+:func:`latentmas.eval.extract.extract_code`); for HumanEval+, if the reply has no ``def <entry_point>(`` the prompt (the
 signature and docstring) is put in front, so a reply that only writes the body still runs, and import lines of the
 prompt that the reply lacks are put in front (a reply that re-writes ``def f(xs: List[int])`` without
 ``from typing import List`` would otherwise fail on a detail the task gave it).
 
 MBPP+ inputs stay in the release file's JSON form (lists where the tests use tuples, strings for complex numbers...)
-all the way to the sandbox: :func:`latentmas.sandbox.check_solution` applies evalplus's ``mbpp_deserialize_inputs``
+all the way to the sandbox: :func:`latentmas.eval.sandbox.check_solution` applies evalplus's ``mbpp_deserialize_inputs``
 itself (once; that function is not idempotent, e.g. for Mbpp/115), so :func:`evalplus_problem` must not.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import copy
 import re
 from typing import Any
 
-from latentmas.answers import extract_code
-from latentmas.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, ScoreResult, Task, VendoredFile
+from latentmas.eval.extract import extract_code
+from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, ScoreResult, Task, VendoredFile
 
 _CODE_INSTRUCTION = (
     "Write a complete, self-contained Python solution: the full function definition with the exact name and "
@@ -79,7 +79,7 @@ class CodeTask(Task):
         code = self.solution(text, record)
         if code is None:
             return ScoreResult(None, False, "no_answer")
-        from latentmas import sandbox  # imported late: only code scoring needs it
+        from latentmas.eval import sandbox  # imported late: only code scoring needs it
 
         verdict = sandbox.check_solution(code, evalplus_problem(record, self.evalplus_dataset), self.evalplus_dataset)
         if verdict.passed:

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from latentmas.decoding import DecodeSettings, decode
-from latentmas.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
-from latentmas.latent import LatentMapper, latent_rollout
-from latentmas.models import LoadedModel, encode, render_chat
-from latentmas.topology import Topology
+from latentmas.engine.decoding import DecodeSettings, decode
+from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.latent import LatentMapper, latent_rollout
+from latentmas.engine.models import LoadedModel, encode, render_chat
+from latentmas.engine.topology import Topology
 
 METHODS = ("baseline", "text_mas", "latent_mas")
 MEMORY_POLICIES = ("all", "previous", "latent_only")

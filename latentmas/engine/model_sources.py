@@ -176,7 +176,7 @@ def fetch_model(spec: str, out: str | os.PathLike, name: str | None = None) -> P
     info: dict = {"spec": spec, "name": name or out.name}
     try:
         if kind == "tiny":
-            from latentmas.tiny import make_tiny_model
+            from latentmas.engine.tiny import make_tiny_model
 
             make_tiny_model(rest, build)
         elif kind == "local":

@@ -17,8 +17,8 @@ import hashlib
 import re
 from typing import Any
 
-from latentmas.answers import extract_choice, letters_for
-from latentmas.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, Task, VendoredFile
+from latentmas.eval.extract import extract_choice, letters_for
+from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, Task, VendoredFile
 
 _CHOICE_INSTRUCTION = (
     "Reason briefly about the options, then write the letter of the single best option inside \\boxed{} at the end."

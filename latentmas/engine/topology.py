@@ -2,7 +2,7 @@
 
 A topology is a YAML file: a system message, an ordered list of agents (name, role, prompt template, whom each agent
 ``sees``, which one is ``final``) and how context is worded per method. The two shipped ones (``sequential``,
-``hierarchical``) and the single-agent ``single`` live in ``latentmas/topologies/``; a user adds a reviewer or rewords
+``hierarchical``) and the single-agent ``single`` live in ``latentmas/engine/topologies/``; a user adds a reviewer or rewords
 a prompt by pointing ``--arch`` at their own file, without touching Python. Prompts contain no model names.
 """
 from __future__ import annotations

@@ -22,8 +22,8 @@ from typing import Any, Iterable
 import polars as pl
 
 from latentmas.records import atomic_path
-from latentmas.tasks import TASK_NAMES, get_task
-from latentmas.tasks.base import DatasetRecordError, DatasetSourceError, sha256_file
+from latentmas.eval.tasks import TASK_NAMES, get_task
+from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, sha256_file
 
 log = logging.getLogger(__name__)
 

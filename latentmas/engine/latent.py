@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from latentmas.kv import SequenceBatch, extend
+from latentmas.engine.kv import SequenceBatch, extend
 
 
 class LatentMapper:
