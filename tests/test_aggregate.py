@@ -464,3 +464,23 @@ def test_cell_mixing_run_settings_is_an_error(tmp_path, capsys):
     err = _error(tmp_path, [r1, r2], capsys)
     assert f"{tmp_path / 'bad.jsonl'}:2" in err and "'max_new_tokens'" in err and "1024" in err
     assert f"{tmp_path / 'bad.jsonl'}:1" in err and "must not be pooled" in err
+
+
+# ---------------------------------------------------------------------------------------------------- golden
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "aggregate"
+
+
+def test_outputs_match_the_committed_golden_tables(tmp_path, monkeypatch):
+    """Refactors keep every table byte-identical: the golden outputs were written by the pre-polars aggregator
+    (commit 44d6e03) from tests/golden/aggregate/scored.jsonl (tests/golden/make_scored.py: 2 models, numeric,
+    choice, code and unknown tasks, all methods and archs, sweeps, failures, an ambiguous TextMAS reference). Catches
+    any change of a number's last bit, of the row order, of a label or of the Markdown layout."""
+    monkeypatch.chdir(GOLDEN.parent.parent.parent)  # summary.json records the input path as given
+    agg.aggregate(["tests/golden/aggregate/scored.jsonl"], tmp_path)
+    for expected in sorted((GOLDEN / "expected").iterdir()):
+        assert (tmp_path / expected.name).read_bytes() == expected.read_bytes(), expected.name
+        if expected.suffix == ".csv":
+            pq = pl.read_parquet(tmp_path / f"{expected.stem}.parquet")
+            assert pq.height == pl.read_csv(expected).height

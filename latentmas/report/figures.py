@@ -26,8 +26,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import polars as pl
 
-from latentmas.report.aggregate import ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank
+from latentmas.contracts import ARCHS, FIGURE_FORMATS, FIGURE_NAMES, TASK_NAMES
 from latentmas.records import atomic_path
+from latentmas.report.labels import CELL_KEY, cell_sort_key, config_label, order_rank
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 COMPONENT_COLOURS = {"prompt": "#56B4E9", "latent": "#E69F00", "generated": "#0072B2"}
 
 DPI = 200
-FIGURES = ("accuracy", "tokens", "speedup", "latent_steps")
-OUTPUT_FILES = tuple(f"{name}.{ext}" for name in FIGURES for ext in ("png", "svg"))
+FIGURES = FIGURE_NAMES
+OUTPUT_FILES = tuple(f"{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS)
 REQUIRED_COLUMNS = CELL_KEY + ("accuracy", "acc_ci95_lo", "acc_ci95_hi", "ci_method", "tokens_prompt_mean",
                                "tokens_latent_mean", "tokens_generated_mean", "wall_s_mean", "speedup_vs_text_mas")
 
@@ -94,7 +95,7 @@ def _models(cells: list[dict[str, Any]]) -> list[str]:
 
 
 def _tasks(cells: list[dict[str, Any]]) -> list[str]:
-    return sorted({r["task"] for r in cells}, key=lambda t: order_rank(t, TASK_ORDER))
+    return sorted({r["task"] for r in cells}, key=lambda t: order_rank(t, TASK_NAMES))
 
 
 def _config_key(r: dict[str, Any]) -> tuple:
@@ -281,8 +282,8 @@ def latent_step_sweeps(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str
     for key, rows in groups.items():
         if len({r["latent_steps"] for r in rows}) >= 2:
             sweeps[key] = sorted(rows, key=lambda r: r["latent_steps"])
-    return dict(sorted(sweeps.items(), key=lambda kv: (kv[0][0], order_rank(kv[0][1], TASK_ORDER),
-                                                        order_rank(kv[0][2], ARCH_ORDER), kv[0][3] is False,
+    return dict(sorted(sweeps.items(), key=lambda kv: (kv[0][0], order_rank(kv[0][1], TASK_NAMES),
+                                                        order_rank(kv[0][2], ARCHS), kv[0][3] is False,
                                                         str(kv[0][4]))))
 
 
@@ -294,7 +295,7 @@ def draw_latent_steps(cells: list[dict[str, Any]]) -> Figure:
                                         "(needs >= 2 latent_steps values for one latent_mas setting)")
         return fig
     models = sorted({k[0] for k in sweeps})
-    series = sorted({k[1:] for k in sweeps}, key=lambda s: (order_rank(s[0], TASK_ORDER), order_rank(s[1], ARCH_ORDER),
+    series = sorted({k[1:] for k in sweeps}, key=lambda s: (order_rank(s[0], TASK_NAMES), order_rank(s[1], ARCHS),
                                                            s[2] is False, str(s[3])))
     fig = _new_figure(7.0, 0.8 + 2.6 * len(models))
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
