@@ -63,6 +63,10 @@ def data_file(task: str) -> str:
     return f"results/data/{task}.parquet"
 
 
+def data_checksum_file(task: str) -> str:
+    return f"{data_file(task)}.sha256"
+
+
 def align_file(model: str) -> str:
     return f"results/align/{model}.safetensors"
 
@@ -80,9 +84,10 @@ def cell_scores(cell: str) -> str:
     return f"results/score/{cell}/{MERGED_SCORES}"
 
 
-def log_file(stage: str, name: str) -> str:
-    """Where a workflow job writes its log (the file to ``tail -f``); README "Following a running pipeline"."""
-    return f"logs/{stage}/{name}.log"
+def log_file(stage: str, name: str | None = None) -> str:
+    """Where a workflow job writes its log (the file to ``tail -f``; README "Following a running pipeline"):
+    ``logs/{stage}/{name}.log``, or ``logs/{stage}.log`` for the one-job stages (aggregate, figures, publish)."""
+    return f"logs/{stage}.log" if name is None else f"logs/{stage}/{name}.log"
 
 
 # ------------------------------------------------------------------------------------------------------ schemas
@@ -105,14 +110,31 @@ def _schema(path: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def validator(path: Path):
-    """A compiled Draft 2020-12 validator for one of the record schemas (cached: cheap per record)."""
+def validator(path: Path, part: str | None = None):
+    """A compiled Draft 2020-12 validator for one of the record schemas, or for its ``$defs/<part>`` (cached: cheap
+    per record)."""
     import jsonschema
 
     schema = _schema(path)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
+    if part is not None:
+        schema = {"$ref": f"{path.name}#/$defs/{part}"}
     return cls(schema, registry=_registry())
+
+
+class RecordContractError(ValueError):
+    """A record this package wrote or is about to write breaks its schema (a bug, not bad input)."""
+
+
+def check(record: dict, path: Path, part: str | None = None) -> None:
+    """Raise :class:`RecordContractError` naming the sample and field of the most relevant violation."""
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(validator(path, part).iter_errors(record))
+    if err is not None:
+        field = ".".join(str(p) for p in err.absolute_path) or "(record)"
+        raise RecordContractError(f"{path.name}: sample {record.get('sample_id')!r}: {field}: {err.message}")
 
 
 @functools.lru_cache(maxsize=None)

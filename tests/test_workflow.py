@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
 import re
@@ -205,19 +204,6 @@ def test_config_errors_name_the_key(wf, edit, message):
     assert p.returncode != 0
     assert "invalid workflow config" in out and message in out, out[-3000:]
     assert "Job stats" not in out
-
-
-def test_declared_output_names_match_the_package():
-    text = (REPO / "workflow/rules/common.smk").read_text()
-
-    def literal(name):
-        m = re.search(rf"^{name} = (\(.*?\))\n", text, re.S | re.M)
-        return ast.literal_eval(m.group(1))
-
-    aggregate = pytest.importorskip("latentmas.report.aggregate")
-    figures = pytest.importorskip("latentmas.report.figures")
-    assert literal("TABLE_FILES") == tuple(aggregate.OUTPUT_FILES)
-    assert literal("FIGURE_NAMES") == tuple(figures.FIGURES)
 
 
 def test_lint_is_clean(wf):

@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from latentmas.contracts import MEMORY_POLICIES, METHODS  # the names live in contracts; re-exported here
 from latentmas.engine.decoding import DecodeSettings, decode
 from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
 from latentmas.engine.latent import LatentMapper, latent_rollout
 from latentmas.engine.models import LoadedModel, encode, render_chat
 from latentmas.engine.topology import Topology
-
-METHODS = ("baseline", "text_mas", "latent_mas")
-MEMORY_POLICIES = ("all", "previous", "latent_only")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from latentmas.contracts import SCORED_RECORD_SCHEMA, TASK_NAMES, check
 from latentmas.records import RecordWriter, read_records, repair, write_jsonl_atomic
-from latentmas.eval.tasks import TASK_NAMES, Task, get_task
+from latentmas.eval.tasks import Task, get_task
 from latentmas.eval.tasks.base import ScoreResult
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[st
         raise ScoringError(f"record {sid!r} has status {status!r}; expected 'ok' or 'failed'")
     out = {k: v for k, v in record.items() if k not in SCORE_KEYS}
     out.update(prediction=result.prediction, correct=bool(result.correct), reason=result.reason)
+    check(out, SCORED_RECORD_SCHEMA, part="score")  # what this stage adds; the rest is the runner's contract
     return out
 
 

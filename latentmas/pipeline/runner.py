@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 
 from latentmas import __version__
+from latentmas.contracts import RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.contracts import MEMORY_POLICIES, METHODS
+from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput, run_batch
 from latentmas.records import RecordWriter, repair
 
 log = logging.getLogger(__name__)
@@ -311,7 +313,9 @@ def run(args: argparse.Namespace) -> int:
     with RecordWriter(out) as writer:
         def on_done(batch: list[SampleInput], outs: list[SampleOutput]) -> None:
             for s, o in zip(batch, outs):
-                writer.write(make_record(s, o, by_id[s.sample_id]))
+                record = make_record(s, o, by_id[s.sample_id])
+                check(record, RECORD_JSON_SCHEMA)  # ~0.1 ms: a record the scorer would reject is never written
+                writer.write(record)
             bar.update(len(batch))
 
         def make_record(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
