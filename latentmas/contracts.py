@@ -45,7 +45,7 @@ FIGURES_DIR = "results/figures"
 REPORTS_DIR = "reports"
 
 # what `latentmas aggregate` writes (in --out-dir) and `latentmas figures` draws (each as .png and .svg)
-TABLE_FILES: tuple[str, ...] = ("cells.parquet", "cells.csv", "per_seed.parquet", "per_seed.csv",
+TABLE_FILES: tuple[str, ...] = ("settings.parquet", "settings.csv", "per_seed.parquet", "per_seed.csv",
                                 "table_accuracy.md", "table_tokens.md", "table_speed.md", "summary.json")
 FIGURE_NAMES: tuple[str, ...] = ("accuracy", "tokens", "speedup", "latent_steps")
 FIGURE_FORMATS: tuple[str, ...] = ("png", "svg")

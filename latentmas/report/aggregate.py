@@ -1,12 +1,12 @@
 """``latentmas aggregate``: scored records in, tidy tables and paper-style Markdown tables out.
 
-One *cell* of the tables is one experimental configuration, ``(model, task, method, arch, latent_steps, realign,
-memory)``; its seeds are replicates and are aggregated over. Outputs (all in ``--out-dir``, each written atomically;
-names in :data:`latentmas.contracts.TABLE_FILES`):
+One *setting* is one experimental configuration, ``(model, task, method, arch, latent_steps, realign, memory)``; its
+seeds are replicates and are pooled (a pipeline *cell* is one seed of a setting). Outputs (all in ``--out-dir``, each
+written atomically; names in :data:`latentmas.contracts.TABLE_FILES`):
 
-* ``cells.parquet`` / ``cells.csv`` -- one row per cell (accuracy, confidence intervals, tokens, wall time, and for
-  ``latent_mas`` rows the speedup and token reduction against the matching ``text_mas`` cell);
-* ``per_seed.parquet`` / ``per_seed.csv`` -- one row per cell x seed;
+* ``settings.parquet`` / ``settings.csv`` -- one row per setting (accuracy, confidence intervals, tokens, wall time,
+  and for ``latent_mas`` rows the speedup and token reduction against the matching ``text_mas`` setting);
+* ``per_seed.parquet`` / ``per_seed.csv`` -- one row per setting x seed;
 * ``table_accuracy.md``, ``table_tokens.md``, ``table_speed.md`` -- laid out like the paper's Tables 1-3;
 * ``summary.json`` -- counts and input checksums.
 
@@ -30,12 +30,12 @@ from latentmas.records import atomic_path
 from latentmas.report.labels import order_rank
 from latentmas.report.load import AggregateInputError, load_samples
 from latentmas.report.markdown import render_accuracy, render_speed, render_tokens
-from latentmas.report.tables import CELL_SCHEMA, CI_LEVEL, PER_SEED_SCHEMA, compute_tables
+from latentmas.report.tables import SETTING_SCHEMA, CI_LEVEL, PER_SEED_SCHEMA, compute_tables
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = TABLE_FILES
-__all__ = ["AggregateInputError", "CELL_SCHEMA", "PER_SEED_SCHEMA", "aggregate", "cli_main"]
+__all__ = ["AggregateInputError", "SETTING_SCHEMA", "PER_SEED_SCHEMA", "aggregate", "cli_main"]
 
 
 def _csv_frame(df: pl.DataFrame) -> pl.DataFrame:
@@ -61,14 +61,14 @@ def _write_frame(df: pl.DataFrame, out_dir: Path, stem: str) -> None:
         _csv_frame(df).write_csv(tmp)
 
 
-def build_summary(cells: pl.DataFrame, samples: pl.DataFrame, inputs: list[dict[str, Any]]) -> dict:
+def build_summary(settings: pl.DataFrame, samples: pl.DataFrame, inputs: list[dict[str, Any]]) -> dict:
     def uniq(field_name: str) -> list:
-        vals = set(cells[field_name].to_list())
+        vals = set(settings[field_name].to_list())
         order = {"task": TASK_NAMES, "arch": ARCHS}.get(field_name, ())
         return sorted(vals, key=lambda v: order_rank(v, order) if field_name != "method" else METHODS.index(v))
 
-    by_method = dict(cells.group_by("method").len().iter_rows())
-    latent = cells.filter(pl.col("method") == "latent_mas")
+    by_method = dict(settings.group_by("method").len().iter_rows())
+    latent = settings.filter(pl.col("method") == "latent_mas")
     return {
         "schema": 1,
         "ci_level": CI_LEVEL,
@@ -76,10 +76,10 @@ def build_summary(cells: pl.DataFrame, samples: pl.DataFrame, inputs: list[dict[
         "inputs": inputs,
         "n_samples": samples.height,
         "n_failed": int((~samples["ok"]).sum()),
-        "n_cells": cells.height,
-        "n_cells_by_method": {m: by_method.get(m, 0) for m in METHODS},
-        "n_cells_ci_t_seeds": int((cells["ci_method"] == "t_seeds").sum()),
-        "n_latent_mas_cells_with_text_mas_match": int(latent["speedup_vs_text_mas"].is_not_null().sum()),
+        "n_settings": settings.height,
+        "n_settings_by_method": {m: by_method.get(m, 0) for m in METHODS},
+        "n_settings_ci_t_seeds": int((settings["ci_method"] == "t_seeds").sum()),
+        "n_latent_mas_settings_with_text_mas_match": int(latent["speedup_vs_text_mas"].is_not_null().sum()),
         "models": uniq("model"),
         "tasks": uniq("task"),
         "methods": uniq("method"),
@@ -91,17 +91,17 @@ def build_summary(cells: pl.DataFrame, samples: pl.DataFrame, inputs: list[dict[
 def aggregate(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Run the whole stage; return the summary dict."""
     samples, inputs = load_samples(paths)
-    cells, per_seed = compute_tables(samples)
+    settings, per_seed = compute_tables(samples)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_frame(cells, out, "cells")
+    _write_frame(settings, out, "settings")
     _write_frame(per_seed, out, "per_seed")
-    _write_text(out / "table_accuracy.md", render_accuracy(cells))
-    _write_text(out / "table_tokens.md", render_tokens(cells))
-    _write_text(out / "table_speed.md", render_speed(cells))
-    summary = build_summary(cells, samples, inputs)
+    _write_text(out / "table_accuracy.md", render_accuracy(settings))
+    _write_text(out / "table_tokens.md", render_tokens(settings))
+    _write_text(out / "table_speed.md", render_speed(settings))
+    summary = build_summary(settings, samples, inputs)
     _write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    log.info("aggregated %d samples from %d files into %d cells -> %s", samples.height, len(inputs), cells.height,
+    log.info("aggregated %d samples from %d files into %d settings -> %s", samples.height, len(inputs), settings.height,
              out)
     return summary
 
@@ -109,7 +109,7 @@ def aggregate(paths: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any
 def cli_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="latentmas aggregate",
-        description="Aggregate scored records into cells.parquet/csv, per_seed.parquet/csv, Markdown tables and "
+        description="Aggregate scored records into settings.parquet/csv, per_seed.parquet/csv, Markdown tables and "
                     "summary.json (definitions: docs/TABLES.md).")
     parser.add_argument("inputs", nargs="+", metavar="SCORED.jsonl", help="scored record files")
     parser.add_argument("--out-dir", required=True, help="output folder")

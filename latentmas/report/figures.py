@@ -1,10 +1,10 @@
-"""``latentmas figures``: the paper-style figures from ``cells.parquet`` (written by ``latentmas aggregate``).
+"""``latentmas figures``: the paper-style figures from ``settings.parquet`` (written by ``latentmas aggregate``).
 
 Always writes the same eight files, so a workflow can declare them as fixed outputs:
 
 * ``accuracy.{png,svg}`` -- accuracy per task, grouped bars per configuration, 95% CI error bars, one panel per model;
 * ``tokens.{png,svg}`` -- mean tokens per sample stacked prompt / latent / generated, one panel per model x task;
-* ``speedup.{png,svg}`` -- LatentMAS wall-clock speedup over the matching TextMAS cell, per task, one panel per model;
+* ``speedup.{png,svg}`` -- LatentMAS wall-clock speedup over the matching TextMAS setting, per task, one panel per model;
 * ``latent_steps.{png,svg}`` -- accuracy vs number of latent steps for every latent_mas sweep (>= 2 values of m with
   everything else fixed); without a sweep the file holds one panel saying "no latent_steps sweep configured".
 
@@ -28,7 +28,7 @@ import polars as pl
 
 from latentmas.contracts import ARCHS, FIGURE_FORMATS, FIGURE_NAMES, TASK_NAMES
 from latentmas.records import atomic_path
-from latentmas.report.labels import CELL_KEY, cell_sort_key, config_label, order_rank
+from latentmas.report.labels import SETTING_KEY, setting_sort_key, config_label, order_rank
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ COMPONENT_COLOURS = {"prompt": "#56B4E9", "latent": "#E69F00", "generated": "#00
 DPI = 200
 FIGURES = FIGURE_NAMES
 OUTPUT_FILES = tuple(f"{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS)
-REQUIRED_COLUMNS = CELL_KEY + ("accuracy", "acc_ci95_lo", "acc_ci95_hi", "ci_method", "tokens_prompt_mean",
+REQUIRED_COLUMNS = SETTING_KEY + ("accuracy", "acc_ci95_lo", "acc_ci95_hi", "ci_method", "tokens_prompt_mean",
                                "tokens_latent_mean", "tokens_generated_mean", "wall_s_mean", "speedup_vs_text_mas")
 
 RC = {
@@ -70,45 +70,45 @@ RC = {
 
 
 class FigureInputError(ValueError):
-    """The cells table is missing or lacks required columns."""
+    """The settings table is missing or lacks required columns."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # input
 
 
-def load_cells(table: str | Path) -> list[dict[str, Any]]:
+def load_settings(table: str | Path) -> list[dict[str, Any]]:
     path = Path(table)
     if not path.is_file():
-        raise FigureInputError(f"{path}: cells table not found (run `latentmas aggregate` first)")
+        raise FigureInputError(f"{path}: settings table not found (run `latentmas aggregate` first)")
     df = pl.read_parquet(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise FigureInputError(f"{path}: missing column(s) {missing} (is this a cells.parquet from "
+        raise FigureInputError(f"{path}: missing column(s) {missing} (is this a settings.parquet from "
                                f"`latentmas aggregate`?)")
     rows = df.to_dicts()
-    return sorted(rows, key=lambda r: cell_sort_key(tuple(r[k] for k in CELL_KEY)))
+    return sorted(rows, key=lambda r: setting_sort_key(tuple(r[k] for k in SETTING_KEY)))
 
 
-def _models(cells: list[dict[str, Any]]) -> list[str]:
-    return sorted({r["model"] for r in cells})
+def _models(settings: list[dict[str, Any]]) -> list[str]:
+    return sorted({r["model"] for r in settings})
 
 
-def _tasks(cells: list[dict[str, Any]]) -> list[str]:
-    return sorted({r["task"] for r in cells}, key=lambda t: order_rank(t, TASK_NAMES))
+def _tasks(settings: list[dict[str, Any]]) -> list[str]:
+    return sorted({r["task"] for r in settings}, key=lambda t: order_rank(t, TASK_NAMES))
 
 
 def _config_key(r: dict[str, Any]) -> tuple:
-    return tuple(r[k] for k in CELL_KEY if k not in ("model", "task"))
+    return tuple(r[k] for k in SETTING_KEY if k not in ("model", "task"))
 
 
-def _configs(cells: list[dict[str, Any]]) -> list[tuple]:
-    """All configurations (cell key minus model and task), in table order."""
-    return sorted({_config_key(r) for r in cells}, key=lambda c: cell_sort_key(("", "", *c)))
+def _configs(settings: list[dict[str, Any]]) -> list[tuple]:
+    """All configurations (setting key minus model and task), in table order."""
+    return sorted({_config_key(r) for r in settings}, key=lambda c: setting_sort_key(("", "", *c)))
 
 
 def _config_row(c: tuple) -> dict[str, Any]:
-    return dict(zip([k for k in CELL_KEY if k not in ("model", "task")], c))
+    return dict(zip([k for k in SETTING_KEY if k not in ("model", "task")], c))
 
 
 def _style(i: int) -> dict[str, Any]:
@@ -152,14 +152,14 @@ def _ncols(n: int, width_in: float) -> int:
 # the figures
 
 
-def draw_accuracy(cells: list[dict[str, Any]]) -> Figure:
-    models, tasks, configs = _models(cells), _tasks(cells), _configs(cells)
-    index = {(r["model"], r["task"], _config_key(r)): r for r in cells}
+def draw_accuracy(settings: list[dict[str, Any]]) -> Figure:
+    models, tasks, configs = _models(settings), _tasks(settings), _configs(settings)
+    index = {(r["model"], r["task"], _config_key(r)): r for r in settings}
     n = max(1, len(configs))
     width = min(18.0, max(6.0, 1.0 + len(tasks) * (0.22 * n + 0.35)))
     fig = _new_figure(width, 0.6 + 2.4 * max(1, len(models)))
-    if not cells:
-        _placeholder(fig.add_subplot(), "no cells")
+    if not settings:
+        _placeholder(fig.add_subplot(), "no settings")
         return fig
     axes = fig.subplots(len(models), 1, squeeze=False, sharex=True)[:, 0]
     bar_w = 0.8 / n
@@ -191,15 +191,15 @@ def draw_accuracy(cells: list[dict[str, Any]]) -> Figure:
                                "Method (error bars: 95% CI, see TABLES.md)")
 
 
-def draw_tokens(cells: list[dict[str, Any]]) -> Figure:
-    models, tasks, configs = _models(cells), _tasks(cells), _configs(cells)
-    index = {(r["model"], r["task"], _config_key(r)): r for r in cells}
+def draw_tokens(settings: list[dict[str, Any]]) -> Figure:
+    models, tasks, configs = _models(settings), _tasks(settings), _configs(settings)
+    index = {(r["model"], r["task"], _config_key(r)): r for r in settings}
     ncol = max(1, len(tasks))
     width = min(22.0, max(6.0, ncol * max(1.6, 0.28 * len(configs) + 0.6)))
     fig = _new_figure(width, 1.2 + 2.2 * max(1, len(models)) + 0.09 * max((len(config_label(_config_row(c)))
                                                                            for c in configs), default=0))
-    if not cells:
-        _placeholder(fig.add_subplot(), "no cells")
+    if not settings:
+        _placeholder(fig.add_subplot(), "no settings")
         return fig
     axes = fig.subplots(len(models), ncol, squeeze=False, sharex=True)
     labels = [config_label(_config_row(c)) for c in configs]
@@ -229,14 +229,14 @@ def draw_tokens(cells: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def draw_speedup(cells: list[dict[str, Any]]) -> Figure:
-    sp = [r for r in cells if r["method"] == "latent_mas" and r["speedup_vs_text_mas"] is not None]
+def draw_speedup(settings: list[dict[str, Any]]) -> Figure:
+    sp = [r for r in settings if r["method"] == "latent_mas" and r["speedup_vs_text_mas"] is not None]
     models, tasks, configs = _models(sp), _tasks(sp), _configs(sp)
     n = max(1, len(configs))
     width = min(18.0, max(6.0, 1.0 + len(tasks) * (0.22 * n + 0.35)))
     fig = _new_figure(width, 0.6 + 2.4 * max(1, len(models)))
     if not sp:
-        _placeholder(fig.add_subplot(), "no latent_mas cell with a matching text_mas cell\n"
+        _placeholder(fig.add_subplot(), "no latent_mas setting with a matching text_mas setting\n"
                                         "(same model, task and architecture): no speedup to show")
         return fig
     index = {(r["model"], r["task"], _config_key(r)): r for r in sp}
@@ -270,10 +270,10 @@ def draw_speedup(cells: list[dict[str, Any]]) -> Figure:
                                "dashed line: 1×)")
 
 
-def latent_step_sweeps(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """latent_mas cells grouped by everything but latent_steps, keeping groups with >= 2 distinct values."""
+def latent_step_sweeps(settings: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """latent_mas settings grouped by everything but latent_steps, keeping groups with >= 2 distinct values."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in cells:
+    for r in settings:
         if r["method"] != "latent_mas" or r["latent_steps"] is None:
             continue
         key = (r["model"], r["task"], r["arch"], r["realign"], r["memory"])
@@ -287,8 +287,8 @@ def latent_step_sweeps(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str
                                                         str(kv[0][4]))))
 
 
-def draw_latent_steps(cells: list[dict[str, Any]]) -> Figure:
-    sweeps = latent_step_sweeps(cells)
+def draw_latent_steps(settings: list[dict[str, Any]]) -> Figure:
+    sweeps = latent_step_sweeps(settings)
     if not sweeps:
         fig = _new_figure(6.0, 2.5)
         _placeholder(fig.add_subplot(), "no latent_steps sweep configured\n"
@@ -338,16 +338,16 @@ def draw_latent_steps(cells: list[dict[str, Any]]) -> Figure:
 
 
 def make_figures(table: str | Path, out_dir: str | Path) -> list[Path]:
-    cells = load_cells(table)
+    settings = load_settings(table)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with matplotlib.rc_context(RC):
         for name, draw in (("accuracy", draw_accuracy), ("tokens", draw_tokens), ("speedup", draw_speedup),
                            ("latent_steps", draw_latent_steps)):
-            fig = draw(cells)
+            fig = draw(settings)
             written += _save(fig, out, name)
-    if not latent_step_sweeps(cells):
+    if not latent_step_sweeps(settings):
         log.info("no latent_steps sweep in %s: latent_steps.{png,svg} hold a 'no latent_steps sweep configured' "
                  "panel", table)
     log.info("wrote %d figure files to %s", len(written), out)
@@ -368,8 +368,8 @@ def _finish_task_panels(fig, axes, tasks, handles, configs, width, legend_title:
 def cli_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentmas figures",
                                      description="Draw accuracy/tokens/speedup/latent_steps figures (PNG + SVG) "
-                                                 "from the cells table of `latentmas aggregate`.")
-    parser.add_argument("--table", required=True, help="cells.parquet written by `latentmas aggregate`")
+                                                 "from the settings table of `latentmas aggregate`.")
+    parser.add_argument("--table", required=True, help="settings.parquet written by `latentmas aggregate`")
     parser.add_argument("--out-dir", required=True, help="output folder")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:

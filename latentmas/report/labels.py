@@ -13,8 +13,8 @@ from latentmas.contracts import ARCHS, METHODS, TASK_NAMES
 
 METHOD_LABEL = {"baseline": "Single", "text_mas": "TextMAS", "latent_mas": "LatentMAS"}
 METHOD_SHORT = {"baseline": "Single", "text_mas": "Text", "latent_mas": "Latent"}
-# the seed-pooled unit's key (a "cell" of the pipeline is one seed of it)
-CELL_KEY = ("model", "task", "method", "arch", "latent_steps", "realign", "memory")
+# the key of a setting, the seed-pooled unit of the tables (a "cell" of the pipeline is one seed of it)
+SETTING_KEY = ("model", "task", "method", "arch", "latent_steps", "realign", "memory")
 
 
 def order_rank(value: Any, order: Sequence[str]) -> tuple:
@@ -25,7 +25,7 @@ def order_rank(value: Any, order: Sequence[str]) -> tuple:
     return (2, 0, str(value))
 
 
-def cell_sort_key(key: tuple) -> tuple:
+def setting_sort_key(key: tuple) -> tuple:
     model, task, method, arch, latent_steps, realign, memory = key
     return (
         model,
@@ -49,7 +49,7 @@ def _rank_exprs(col: str, order: Sequence[str]) -> list[pl.Expr]:
 
 
 def sort_exprs() -> list[pl.Expr]:
-    """Sort keys that order a frame with the :data:`CELL_KEY` columns like :func:`cell_sort_key`."""
+    """Sort keys that order a frame with the :data:`SETTING_KEY` columns like :func:`setting_sort_key`."""
     memory = pl.col("memory")
     return [
         pl.col("model"),

@@ -15,7 +15,7 @@ import polars as pl
 
 from latentmas.contracts import SCORED_RECORD_SCHEMA, validator
 from latentmas.records import read_records
-from latentmas.report.labels import CELL_KEY
+from latentmas.report.labels import SETTING_KEY
 
 # run settings that are not part of the setting key but change results: all records of one setting must agree on
 # them (when present), so that two differently configured runs are never silently pooled
@@ -93,7 +93,7 @@ def check_record(rec: Any, where: Callable[[], str]) -> None:
 def _sample_row(rec: dict[str, Any]) -> dict[str, Any]:
     ok = rec["status"] == "ok"
     tok = rec.get("tokens") if ok else None  # a failed sample's partial cost is not averaged (docs/TABLES.md)
-    row = {k: rec[k] for k in CELL_KEY}
+    row = {k: rec[k] for k in SETTING_KEY}
     row.update(seed=rec["seed"], sample_id=rec["sample_id"], ok=ok, correct=rec["correct"],
                wall_s=float(rec["wall_s"]) if ok else None)
     for kind in ("prompt", "latent", "generated", "total"):
@@ -119,7 +119,7 @@ def load_samples(paths: Sequence[str | Path]) -> tuple[pl.DataFrame, list[dict[s
         for i, rec in enumerate(records):
             where = lambda i=i: f"{path}:{_line_number(path, i)}"  # noqa: E731 - line numbers only on error
             check_record(rec, where)
-            key = tuple(rec[k] for k in CELL_KEY)
+            key = tuple(rec[k] for k in SETTING_KEY)
             ident = key + (rec["seed"], rec["sample_id"])
             if ident in seen:
                 p0, i0 = seen[ident]

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from latentmas.contracts import TOKEN_KINDS
-from latentmas.report.labels import CELL_KEY, sort_exprs
+from latentmas.report.labels import SETTING_KEY, sort_exprs
 from latentmas.report.stats import mean_sd, t_interval, wilson_interval
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ _COST_SCHEMA: dict[str, Any] = {
     **{f"tokens_{k}_mean": pl.Float64 for k in TOKEN_KINDS},
     "wall_s_mean": pl.Float64,
 }
-CELL_SCHEMA: dict[str, Any] = {
+SETTING_SCHEMA: dict[str, Any] = {
     "model": pl.String, "task": pl.String, "method": pl.String, "arch": pl.String, "latent_steps": pl.Int64,
     "realign": pl.Boolean, "memory": pl.String,
     "n_seeds": pl.Int64, "seeds": pl.List(pl.Int64), "n_samples": pl.Int64, "n_samples_per_seed": pl.List(pl.Int64),
@@ -39,7 +39,7 @@ CELL_SCHEMA: dict[str, Any] = {
     "token_reduction_incl_latent_vs_text_mas": pl.Float64,
 }
 PER_SEED_SCHEMA: dict[str, Any] = {
-    **{k: CELL_SCHEMA[k] for k in CELL_KEY},
+    **{k: SETTING_SCHEMA[k] for k in SETTING_KEY},
     "seed": pl.Int64, "n_samples": pl.Int64, "n_correct": pl.Int64, "n_failed": pl.Int64, "accuracy": pl.Float64,
     **_COST_SCHEMA,
 }
@@ -75,7 +75,7 @@ def _finish_costs(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def per_seed_table(samples: pl.DataFrame) -> pl.DataFrame:
-    keys = [*CELL_KEY, "seed"]
+    keys = [*SETTING_KEY, "seed"]
     df = samples.group_by(keys).agg(_counts_and_costs(keys))
     df = df.with_columns((pl.col("n_correct") / pl.col("n_samples")).alias("accuracy"))
     df = _finish_costs(df)
@@ -99,14 +99,14 @@ def _accuracy_ci(n_correct: int, n: int, per_seed_acc: list[float]) -> dict[str,
             "acc_t95_lo": t_lo, "acc_t95_hi": t_hi}
 
 
-_CI_DTYPE = pl.Struct({k: CELL_SCHEMA[k] for k in ("acc_seed_mean", "acc_seed_sd", "ci_method", "acc_ci95_lo",
+_CI_DTYPE = pl.Struct({k: SETTING_SCHEMA[k] for k in ("acc_seed_mean", "acc_seed_sd", "ci_method", "acc_ci95_lo",
                                                    "acc_ci95_hi", "acc_ci95_half", "acc_wilson95_lo",
                                                    "acc_wilson95_hi", "acc_t95_lo", "acc_t95_hi")})
 
 
 def _pooled(samples: pl.DataFrame, per_seed: pl.DataFrame) -> pl.DataFrame:
     """One row per setting: counts and costs over all its samples, per-seed lists, confidence intervals."""
-    keys = list(CELL_KEY)
+    keys = list(SETTING_KEY)
     pooled = _finish_costs(samples.group_by(keys).agg(_counts_and_costs(keys)))
     seeds = per_seed.group_by(keys, maintain_order=True).agg(  # per_seed is sorted by seed within a setting
         pl.len().alias("n_seeds"), pl.col("seed").alias("seeds"), pl.col("n_samples").alias("n_samples_per_seed"),
@@ -118,49 +118,49 @@ def _pooled(samples: pl.DataFrame, per_seed: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(ci.alias("_ci")).unnest("_ci")
 
 
-def _text_mas_reference(cells: pl.DataFrame) -> pl.DataFrame:
+def _text_mas_reference(settings: pl.DataFrame) -> pl.DataFrame:
     """For each latent_mas setting, the text_mas setting it is compared with: same model, task and arch; same memory
     if exactly one has it, else the only candidate; ambiguous or absent -> no row."""
     on = ["model", "task", "arch"]
-    lm = cells.filter(pl.col("method") == "latent_mas").select(*CELL_KEY)
-    tm = cells.filter(pl.col("method") == "text_mas").select(
+    lm = settings.filter(pl.col("method") == "latent_mas").select(*SETTING_KEY)
+    tm = settings.filter(pl.col("method") == "text_mas").select(
         *on, pl.col("memory").alias("ref_memory"), pl.col("wall_s_mean").alias("ref_wall"),
         pl.col("tokens_generated_mean").alias("ref_gen"))
     pairs = lm.join(tm, on=on, nulls_equal=True).with_columns(
         (pl.col("ref_memory").eq_missing(pl.col("memory"))).alias("same_memory"),
-        pl.len().over(CELL_KEY).alias("n_cands"))
-    pairs = pairs.with_columns(pl.col("same_memory").sum().over(CELL_KEY).alias("n_same"))
+        pl.len().over(SETTING_KEY).alias("n_cands"))
+    pairs = pairs.with_columns(pl.col("same_memory").sum().over(SETTING_KEY).alias("n_same"))
     chosen = pairs.filter(((pl.col("n_same") == 1) & pl.col("same_memory"))
                           | ((pl.col("n_same") != 1) & (pl.col("n_cands") == 1)))
-    for r in pairs.filter((pl.col("n_same") != 1) & (pl.col("n_cands") > 1)).unique(CELL_KEY).sort(
+    for r in pairs.filter((pl.col("n_same") != 1) & (pl.col("n_cands") > 1)).unique(SETTING_KEY).sort(
             sort_exprs()).iter_rows(named=True):
-        log.warning("no unique text_mas reference for latent_mas cell %s/%s/%s memory=%s (%d candidates): "
+        log.warning("no unique text_mas reference for latent_mas setting %s/%s/%s memory=%s (%d candidates): "
                     "speedup and token reduction left null", r["model"], r["task"], r["arch"], r["memory"],
                     r["n_cands"])
-    return chosen.select(*CELL_KEY, "ref_wall", "ref_gen")
+    return chosen.select(*SETTING_KEY, "ref_wall", "ref_gen")
 
 
 def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(num.is_null() | den.is_null() | (den == 0)).then(None).otherwise(num / den)
 
 
-def cell_table(samples: pl.DataFrame, per_seed: pl.DataFrame) -> pl.DataFrame:
+def setting_table(samples: pl.DataFrame, per_seed: pl.DataFrame) -> pl.DataFrame:
     df = _pooled(samples, per_seed)
     for r in df.filter(pl.col("n_samples_per_seed").list.n_unique() > 1).sort(sort_exprs()).iter_rows(named=True):
-        log.warning("cell %s: seeds have different sample counts %s (incomplete shards?)",
-                    tuple(r[k] for k in CELL_KEY), dict(zip(r["seeds"], r["n_samples_per_seed"])))
+        log.warning("setting %s: seeds have different sample counts %s (incomplete shards?)",
+                    tuple(r[k] for k in SETTING_KEY), dict(zip(r["seeds"], r["n_samples_per_seed"])))
     ref = _text_mas_reference(df)
-    df = df.join(ref, on=list(CELL_KEY), how="left", nulls_equal=True)
+    df = df.join(ref, on=list(SETTING_KEY), how="left", nulls_equal=True)
     gen, lat = pl.col("tokens_generated_mean"), pl.col("tokens_latent_mean")
     df = df.with_columns(
         _ratio(pl.col("ref_wall"), pl.col("wall_s_mean")).alias("speedup_vs_text_mas"),
         (1.0 - _ratio(gen, pl.col("ref_gen"))).alias("token_reduction_vs_text_mas"),
         (1.0 - _ratio(gen + lat, pl.col("ref_gen"))).alias("token_reduction_incl_latent_vs_text_mas"),
     )
-    return df.sort(sort_exprs()).select(list(CELL_SCHEMA)).cast(CELL_SCHEMA)
+    return df.sort(sort_exprs()).select(list(SETTING_SCHEMA)).cast(SETTING_SCHEMA)
 
 
 def compute_tables(samples: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(settings, per-seed rows), both sorted in display order (latentmas.report.labels)."""
     per_seed = per_seed_table(samples)
-    return cell_table(samples, per_seed), per_seed
+    return setting_table(samples, per_seed), per_seed

@@ -84,7 +84,7 @@ def all_cell_scores() -> list:
 # The fixed file names `latentmas aggregate` / `latentmas figures` write
 TABLE_FILES = _contracts.TABLE_FILES
 TABLE_CAPTIONS = {
-    "cells.csv": "../report/cells.rst",
+    "settings.csv": "../report/settings.rst",
     "per_seed.csv": "../report/per_seed.rst",
     "table_accuracy.md": "../report/table_accuracy.rst",
     "table_tokens.md": "../report/table_tokens.rst",

@@ -1,9 +1,9 @@
-# Stage 7: figures from the cells table (latentmas.report.figures), then `publish`: the paper-ready copy under reports/.
+# Stage 7: figures from the settings table (latentmas.report.figures), then `publish`: the paper-ready copy under reports/.
 
 
 rule figures:
     input:
-        table=f"{TABLES_DIR}/cells.parquet",
+        table=f"{TABLES_DIR}/settings.parquet",
     output:
         **{
             f"{name}_png": report(
