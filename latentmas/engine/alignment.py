@@ -98,8 +98,10 @@ def compute_alignment(model, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA) -> Alig
     gram = torch.zeros(d, d, dtype=acc_dtype, device=dev)
     cross = torch.zeros(d, d, dtype=acc_dtype, device=dev)
     norm_sum = 0.0
+    from latentmas.progress import bar
+
     with torch.no_grad():
-        for start in range(0, vocab, _CHUNK_ROWS):
+        for start in bar(range(0, vocab, _CHUNK_ROWS), desc="W_a: vocabulary chunks", unit="chunk"):
             sl = slice(start, min(vocab, start + _CHUNK_ROWS))
             wo = out_w[sl].to(acc_dtype)
             wi = _effective_input_embeddings(model, sl).to(acc_dtype)

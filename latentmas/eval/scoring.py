@@ -81,7 +81,9 @@ def score_records(records: Iterable[dict[str, Any]], task: Task | str,
     """
     if isinstance(task, str):
         task = get_task(task)
-    return [score_one(r, task, data_records_by_id) for r in records]
+    from latentmas.progress import bar
+
+    return [score_one(r, task, data_records_by_id) for r in bar(records, desc=f"score {task.name}", unit="record")]
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -120,17 +122,21 @@ def score_resumable(records: list[dict[str, Any]], task: Task, data_records_by_i
             todo.append(r)
     if results:
         log.info("%s: %d of %d records already scored in %s", task.name, len(results), len(records), part)
-    with RecordWriter(part) as writer:
+    from latentmas.progress import bar
+
+    with RecordWriter(part) as writer, bar(total=len(todo), desc=f"score {task.name}", unit="program") as progress:
         if jobs <= 1:
             for r in todo:
                 s = score_one(r, task, data_records_by_id)
                 writer.write(s)
                 results[r["sample_id"]] = s
+                progress.update()
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for s in pool.map(lambda r: score_one(r, task, data_records_by_id), todo):
                     writer.write(s)
                     results[s["sample_id"]] = s
+                    progress.update()
     ordered = [results[r["sample_id"]] for r in records]
     write_jsonl_atomic(out, ordered)
     part.unlink(missing_ok=True)

@@ -234,7 +234,7 @@ def cli_main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from latentmas.progress import StepReporter, bar
 
     from latentmas.engine.latent import LatentMapper
     from latentmas.engine.models import load_model, model_name_of
@@ -309,14 +309,15 @@ def run(args: argparse.Namespace) -> int:
     def to_input(rec: dict) -> SampleInput:
         return SampleInput(rec["id"], task.user_prompt(rec), task.answer_instruction, sample_seed(args.seed, rec["id"]))
 
-    bar = tqdm(total=len(todo), desc=f"{task.name}/{method}", unit="sample", dynamic_ncols=True, file=sys.stderr)
+    samples_bar = bar(total=len(todo), desc=f"{task.name}/{method}", unit="sample")
+    steps = StepReporter(args.latent_steps if is_latent else 0, args.max_new_tokens)
     with RecordWriter(out) as writer:
         def on_done(batch: list[SampleInput], outs: list[SampleOutput]) -> None:
             for s, o in zip(batch, outs):
                 record = make_record(s, o, by_id[s.sample_id])
                 check(record, RECORD_JSON_SCHEMA)  # ~0.1 ms: a record the scorer would reject is never written
                 writer.write(record)
-            bar.update(len(batch))
+            samples_bar.update(len(batch))
 
         def make_record(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
             prompt = sum(a["input_tokens"] for a in o.agents)
@@ -333,12 +334,14 @@ def run(args: argparse.Namespace) -> int:
             }
 
         def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:
-            return run_batch(lm, topo, batch, settings, mapper)
+            return run_batch(lm, topo, batch, settings, mapper, progress=steps)
 
         t0 = time.perf_counter()
+        n_batches = -(-len(todo) // args.batch_size)
         for start in range(0, len(todo), args.batch_size):
             batch = [to_input(r) for r in todo[start:start + args.batch_size]]
+            steps.start_batch(start // args.batch_size, n_batches, len(batch))
             run_with_backoff(run_fn, batch, on_done)
-        bar.close()
+        samples_bar.close()
     log.info("%s: %d samples in %.1f s", out, len(todo), time.perf_counter() - t0)
     return 0
