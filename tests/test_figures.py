@@ -159,3 +159,27 @@ def test_bad_table(tmp_path, capsys):
     assert figs.cli_main(["--table", str(bad), "--out-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "missing column(s)" in err and "'accuracy'" in err
+
+
+def test_zero_bars_are_marked_n_is_shown_and_generated_tokens_get_their_own_panel(tables):
+    """A 0% bar has no height: it must still show (stub + "0"); each panel says how many samples a bar stands on;
+    tokens.png has a generated-only panel under each stacked one, with the LatentMAS change vs TextMAS. Catches a
+    figure where a zero result looks like 'not run', panels without n, and a token reduction hidden by the prompt."""
+    settings = figs.load_settings(tables["sweep"])
+    zeroed = [dict(r, accuracy=0.0, acc_ci95_lo=0.0) if r["method"] == "baseline" and r["model"] == "m1" else r
+              for r in settings]
+    acc = figs.draw_accuracy(zeroed)
+    ax = acc.axes[0]
+    assert "0" in [t.get_text() for t in ax.texts]
+    assert any(len(c.get_segments()) and c.get_segments()[0][0][1] == 0.0 for c in ax.collections
+               if hasattr(c, "get_segments") and c.get_linewidth()[0] == 3.0)
+    assert ax.get_title(loc="right").startswith("n = ") and "seed" in ax.get_title(loc="right")
+    tok = figs.draw_tokens(settings)
+    gen_axes = [a for a in tok.axes if a.get_ylabel() == "Generated tokens\n(mean)"]
+    assert gen_axes, [a.get_ylabel() for a in tok.axes]
+    labels = [t.get_text() for a in tok.axes for t in a.texts]
+    assert any(t.endswith("%") for t in labels)  # m1 gsm8k latent_mas vs text_mas
+    assert all(any(w in a.get_title(loc="left") for w in ("n = ", "not run")) or a.get_title(loc="left") == ""
+               for a in tok.axes)
+    ticks = [t.get_text() for t in tok.axes[-1].get_xticklabels()]
+    assert max(len(line) for t in ticks for line in t.split("\n")) <= 16  # short labels, not "LatentMAS (sequ..."

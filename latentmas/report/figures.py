@@ -28,7 +28,7 @@ import polars as pl
 
 from latentmas.contracts import ARCHS, FIGURE_FORMATS, FIGURE_NAMES, TASK_NAMES
 from latentmas.records import atomic_path
-from latentmas.report.labels import SETTING_KEY, setting_sort_key, config_label, order_rank
+from latentmas.report.labels import SETTING_KEY, config_label, order_rank, setting_sort_key, short_label
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,32 @@ def _placeholder(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, transform=ax.transAxes)
 
 
+def _mark_zeros(ax, xs: list[float], ys: list[float], width: float, color: str) -> None:
+    """A zero-height bar is invisible: draw a thick stub in its colour on the axis and a "0" above it."""
+    for x, y in zip(xs, ys):
+        if y == 0:
+            ax.hlines(0.0, x - width / 2, x + width / 2, colors=color, linewidth=3.0, clip_on=False, zorder=3)
+            ax.annotate("0", (x, 0.0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=6, color="#333333", zorder=4,
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
+
+
+def _n_note(rows: list[dict[str, Any]], short: bool = False) -> str:
+    """How many samples stand behind each bar of a panel: ``n = 10 samples per bar (1 seed)`` or ranges;
+    ``short``: ``n = 10/bar, 1 seed``."""
+    def span(vals: set) -> str:
+        return str(min(vals)) if len(vals) == 1 else f"{min(vals)}–{max(vals)}"
+
+    if not rows:
+        return ""
+    seeds = {r["n_seeds"] for r in rows if r.get("n_seeds") is not None}
+    n = {r["n_samples"] for r in rows if r.get("n_samples") is not None}
+    seed_part = f" ({span(seeds)} seed{'s' if max(seeds, default=1) != 1 else ''})" if seeds else ""
+    if short:
+        return f"n = {span(n)}/bar, {span(seeds)} seed{'s' if max(seeds, default=1) != 1 else ''}" if n else ""
+    return f"n = {span(n)} samples per bar{seed_part}" if n else ""
+
+
 def _ncols(n: int, width_in: float) -> int:
     return max(1, min(n, int(width_in // 1.9)))
 
@@ -182,8 +208,10 @@ def draw_accuracy(settings: list[dict[str, Any]]) -> Figure:
             bars = ax.bar(xs, ys, width=bar_w, color=st["color"], hatch=st["hatch"], edgecolor="white",
                           linewidth=0.3, label=config_label(_config_row(c)))
             ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="none", ecolor="#333333", elinewidth=0.7, capsize=1.5)
+            _mark_zeros(ax, xs, ys, bar_w, st["color"])
             handles.setdefault(j, bars)
         ax.set_title(model, loc="left")
+        ax.set_title(_n_note([r for r in settings if r["model"] == model]), loc="right", fontsize=7, color="#555555")
         ax.set_ylabel("Accuracy (%)")
         ax.set_ylim(0.0, 100.0)
         ax.set_xlim(-0.5, len(tasks) - 0.5)
@@ -191,41 +219,62 @@ def draw_accuracy(settings: list[dict[str, Any]]) -> Figure:
                                "Method (error bars: 95% CI, see TABLES.md)")
 
 
+def _change_vs_text(r: dict[str, Any]) -> str:
+    red = r.get("token_reduction_vs_text_mas")
+    return "" if r["method"] != "latent_mas" or red is None else f"\n{-100.0 * red:+.0f}%"
+
+
 def draw_tokens(settings: list[dict[str, Any]]) -> Figure:
+    """Per model two rows of panels (columns = tasks): all tokens stacked prompt + latent + generated, and below it
+    the generated tokens alone on their own scale, labelled with the value and, for LatentMAS, the change vs TextMAS
+    (prompt tokens dominate the stack and would hide the paper's 'token reduction')."""
     models, tasks, configs = _models(settings), _tasks(settings), _configs(settings)
     index = {(r["model"], r["task"], _config_key(r)): r for r in settings}
     ncol = max(1, len(tasks))
-    width = min(22.0, max(6.0, ncol * max(1.6, 0.28 * len(configs) + 0.6)))
-    fig = _new_figure(width, 1.2 + 2.2 * max(1, len(models)) + 0.09 * max((len(config_label(_config_row(c)))
-                                                                           for c in configs), default=0))
+    width = min(22.0, max(6.0, ncol * max(1.8, 0.42 * len(configs) + 0.6)))
+    fig = _new_figure(width, 1.0 + 3.6 * max(1, len(models)))
     if not settings:
         _placeholder(fig.add_subplot(), "no settings")
         return fig
-    axes = fig.subplots(len(models), ncol, squeeze=False, sharex=True)
-    labels = [config_label(_config_row(c)) for c in configs]
+    axes = fig.subplots(2 * len(models), ncol, squeeze=False, sharex=True,
+                        gridspec_kw={"height_ratios": [3, 2] * len(models)})
+    labels = [short_label(_config_row(c)) for c in configs]
+    crowded = len(configs) > 6  # then: vertical tick labels, only the % change above the generated bars
     for i, model in enumerate(models):
         for t_i, task in enumerate(tasks):
-            ax = axes[i, t_i]
+            ax, gen_ax = axes[2 * i, t_i], axes[2 * i + 1, t_i]
+            rows = []
             for j, c in enumerate(configs):
                 r = index.get((model, task, c))
                 if r is None or r["tokens_prompt_mean"] is None:
                     continue
+                rows.append(r)
                 bottom = 0.0
                 for comp in ("prompt", "latent", "generated"):
                     v = r[f"tokens_{comp}_mean"]
                     ax.bar([j], [v], bottom=[bottom], width=0.75, color=COMPONENT_COLOURS[comp], label=comp,
                            edgecolor="white", linewidth=0.3)
                     bottom += v
-            ax.set_title(f"{model} · {task}" if len(models) > 1 else task, loc="left", fontsize=8)
+                gen = r["tokens_generated_mean"]
+                bars = gen_ax.bar([j], [gen], width=0.75, color=COMPONENT_COLOURS["generated"])
+                text = _change_vs_text(r).strip() if crowded else f"{gen:,.0f}{_change_vs_text(r)}"
+                gen_ax.bar_label(bars, labels=[text], fontsize=5 if crowded else 6, padding=1,
+                                 rotation=90 if crowded else 0)
+                _mark_zeros(gen_ax, [j], [gen], 0.75, COMPONENT_COLOURS["generated"])
+            name = f"{model} · {task}" if len(models) > 1 else task
+            ax.set_title(f"{name}\n{_n_note(rows, short=True) or 'not run'}", loc="left", fontsize=8)
+            gen_ax.margins(y=0.3)
             if t_i == 0:
                 ax.set_ylabel("Tokens per sample (mean)")
+                gen_ax.set_ylabel("Generated tokens\n(mean)")
             ax.set_xlim(-0.6, len(configs) - 0.4)
         for t_i in range(len(tasks)):
-            axes[-1, t_i].set_xticks(range(len(configs)), labels, rotation=90)
+            axes[-1, t_i].set_xticks(range(len(configs)), labels, fontsize=6, rotation=90 if crowded else 0)
     handles = [matplotlib.patches.Patch(facecolor=COMPONENT_COLOURS[c], label=c)
                for c in ("prompt", "latent", "generated")]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False,
-               title="Tokens per sample: prompt (all agents' inputs) + latent steps + generated (output)")
+               title="Tokens per sample: prompt (all agents' inputs) + latent steps + generated (output)\n"
+                     "lower panels: generated alone; % = LatentMAS change vs TextMAS")
     return fig
 
 
@@ -259,9 +308,11 @@ def draw_speedup(settings: list[dict[str, Any]]) -> Figure:
                           linewidth=0.3)
             if len(configs) * len(tasks) <= 24:
                 ax.bar_label(bars, labels=[f"{y:.1f}×" for y in ys], fontsize=6, padding=1)
+            _mark_zeros(ax, xs, ys, bar_w, st["color"])
             handles.setdefault(j, bars)
         ax.axhline(1.0, color="#333333", linewidth=0.8, linestyle="--")
         ax.set_title(model, loc="left")
+        ax.set_title(_n_note([r for r in sp if r["model"] == model]), loc="right", fontsize=7, color="#555555")
         ax.set_ylabel("Speedup vs TextMAS (×)")
         ax.set_ylim(0.0, max(1.2, ymax * 1.15))
         ax.set_xlim(-0.5, len(tasks) - 0.5)

@@ -88,6 +88,20 @@ def config_label(row: dict[str, Any]) -> str:
     return METHOD_LABEL[row["method"]] + (f" ({', '.join(inner)})" if inner else "")
 
 
+ARCH_SHORT = {"sequential": "seq", "hierarchical": "hier"}
+
+
+def short_label(row: dict[str, Any]) -> str:
+    """A two-line tick label for crowded axes: ``Latent seq`` / ``m=10 noRA`` (legends keep :func:`config_label`)."""
+    head = METHOD_SHORT[row["method"]] + (f" {ARCH_SHORT.get(row['arch'], row['arch'])}" if row["arch"] else "")
+    tail = []
+    if row["method"] == "latent_mas":
+        tail.append(f"m={row['latent_steps']}" + ("" if row["realign"] is not False else " noRA"))
+    if row["memory"] not in (None, "all"):
+        tail.append(f"mem={row['memory']}")
+    return head + ("\n" + " ".join(tail) if tail else "")
+
+
 def column_label(row: dict[str, Any]) -> str:
     """Readable column header: model, then :func:`config_label`."""
     return f"{row['model']} {config_label(row)}"
