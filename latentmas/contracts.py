@@ -34,6 +34,12 @@ TOKEN_KINDS: tuple[str, ...] = ("prompt", "latent", "generated", "total")
 ENUMS: dict[str, tuple[str, ...]] = {"tasks": TASK_NAMES, "methods": METHODS, "archs": ARCHS,
                                      "memory_policies": MEMORY_POLICIES, "statuses": STATUSES}
 
+# ------------------------------------------------------------------------------------------------------ exit codes
+# every `latentmas` sub-command (README "Exit codes"): bad input is reported before any long work starts
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the work itself failed: a check failed, a download broke, an unexpected error (traceback)
+EXIT_BAD_INPUT = 2  # the command line, a config, a file or a record cannot be used; the message names it
+
 # ------------------------------------------------------------------------------------------------------ artifacts
 # paths relative to the workflow's working directory (the checkout)
 MODELS_DIR = "resources/models"

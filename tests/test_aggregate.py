@@ -370,7 +370,7 @@ def _error(tmp_path, records, capsys, *, blank_first=False) -> str:
     f = tmp_path / "bad.jsonl"
     text = "".join(json.dumps(r) + "\n" for r in records)
     f.write_text(("\n" if blank_first else "") + text, encoding="utf-8")
-    assert agg.cli_main([str(f), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(f), "--out-dir", str(tmp_path / "out")]) == 2  # bad input
     err = capsys.readouterr().err
     assert not (tmp_path / "out" / "settings.parquet").exists()
     return err
@@ -439,7 +439,7 @@ def test_duplicate_sample_is_an_error(tmp_path, capsys):
     r = rec("m", "gsm8k", "baseline", 0, 0, True)
     f1 = write_jsonl(tmp_path / "s1.jsonl", [r])
     f2 = write_jsonl(tmp_path / "s2.jsonl", [rec("m", "gsm8k", "baseline", 0, 1, True), r])
-    assert agg.cli_main([str(f1), str(f2), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(f1), str(f2), "--out-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "duplicate sample" in err and f"{f2}:2" in err and f"{f1}:1" in err and "'gsm8k/0000'" in err
 
@@ -447,9 +447,9 @@ def test_duplicate_sample_is_an_error(tmp_path, capsys):
 def test_empty_and_missing_inputs(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert agg.cli_main([str(empty), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(empty), "--out-dir", str(tmp_path / "out")]) == 2
     assert "no scored records" in capsys.readouterr().err
-    assert agg.cli_main([str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "out")]) == 2
     assert "nope.jsonl: input file not found" in capsys.readouterr().err
     with pytest.raises(agg.AggregateInputError, match="no input files"):
         agg.aggregate([], tmp_path / "out")

@@ -152,11 +152,11 @@ def test_speedup_placeholder_without_pairs(tables):
 
 
 def test_bad_table(tmp_path, capsys):
-    assert figs.cli_main(["--table", str(tmp_path / "missing.parquet"), "--out-dir", str(tmp_path)]) == 1
+    assert figs.cli_main(["--table", str(tmp_path / "missing.parquet"), "--out-dir", str(tmp_path)]) == 2
     assert "settings table not found" in capsys.readouterr().err
     bad = tmp_path / "bad.parquet"
     pl.DataFrame({"model": ["m"], "task": ["gsm8k"]}).write_parquet(bad)
-    assert figs.cli_main(["--table", str(bad), "--out-dir", str(tmp_path)]) == 1
+    assert figs.cli_main(["--table", str(bad), "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing column(s)" in err and "'accuracy'" in err
 

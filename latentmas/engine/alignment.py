@@ -196,6 +196,7 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    from latentmas.contracts import EXIT_BAD_INPUT
     from latentmas.engine.models import ModelLoadError, load_model
 
     try:
@@ -203,7 +204,7 @@ def cli_main(argv: list[str]) -> int:
                         require_chat_template=False)
     except ModelLoadError as exc:
         print(f"latentmas align: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     al = load_or_compute(lm.model, args.out, args.ridge_lambda)
     print(json.dumps({"out": args.out, "target_norm": al.target_norm, "fingerprint": al.fingerprint,
                       "ridge_lambda": al.ridge_lambda, "d": al.w_a.shape[0]}))

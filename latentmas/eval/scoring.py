@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from latentmas.contracts import SCORED_RECORD_SCHEMA, TASK_NAMES, check
+from latentmas.contracts import EXIT_BAD_INPUT, EXIT_OK, SCORED_RECORD_SCHEMA, TASK_NAMES, check
 from latentmas.records import RecordWriter, read_records, repair, write_jsonl_atomic
 from latentmas.eval.tasks import Task, get_task
 from latentmas.eval.tasks.base import ScoreResult
@@ -205,5 +205,5 @@ def cli_main(argv: list[str] | None = None) -> int:
         score_file(args.input, args.out, data_path=args.data, task_name=args.task, jobs=args.jobs)
     except (ScoringError, DatasetArtifactError, DatasetSourceError, DatasetRecordError) as exc:
         print(f"latentmas score: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK

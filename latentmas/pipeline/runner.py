@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from latentmas import __version__
-from latentmas.contracts import RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
+from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
 from latentmas.engine.decoding import DecodeSettings
 from latentmas.contracts import MEMORY_POLICIES, METHODS
 from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput, run_batch
@@ -230,7 +230,7 @@ def cli_main(argv: list[str]) -> int:
         return run(args)
     except (RunConfigError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"latentmas run: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from latentmas.contracts import ARCHS, METHODS, TABLE_FILES, TASK_NAMES
+from latentmas.contracts import ARCHS, EXIT_BAD_INPUT, EXIT_OK, METHODS, TABLE_FILES, TASK_NAMES
 from latentmas.records import atomic_path
 from latentmas.report.labels import order_rank
 from latentmas.report.load import AggregateInputError, load_samples
@@ -118,5 +118,5 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         aggregate(args.inputs, args.out_dir)
     except AggregateInputError as exc:
         print(f"latentmas aggregate: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK

@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import polars as pl
 
-from latentmas.contracts import ARCHS, FIGURE_FORMATS, FIGURE_NAMES, TASK_NAMES
+from latentmas.contracts import ARCHS, EXIT_BAD_INPUT, EXIT_OK, FIGURE_FORMATS, FIGURE_NAMES, TASK_NAMES
 from latentmas.records import atomic_path
 from latentmas.report.labels import SETTING_KEY, config_label, order_rank, setting_sort_key, short_label
 
@@ -427,5 +427,5 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         make_figures(args.table, args.out_dir)
     except FigureInputError as exc:
         print(f"latentmas figures: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK
