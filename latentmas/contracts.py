@@ -129,7 +129,7 @@ def validator(path: Path, part: str | None = None):
     return cls(schema, registry=_registry())
 
 
-class RecordContractError(ValueError):
+class RecordContractError(RuntimeError):
     """A record this package wrote or is about to write breaks its schema (a bug, not bad input)."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH, TASK_NAMES, align_file, data_file, inject_enums, model_dir
+from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH, TASK_NAMES, inject_enums
 
 
 class ConfigError(ValueError):

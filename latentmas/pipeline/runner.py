@@ -207,15 +207,16 @@ def expand_cell_argv(argv: list[str]) -> list[str]:
         return argv
     if not (known.config and known.cell):
         raise RunConfigError("--config and --cell go together")
+    from latentmas import contracts
     from latentmas.pipeline import experiment
 
     cfg = experiment.load_config(known.config)
     cell = experiment.get_cell(cfg, known.cell)
     shard, n_shards = parse_shard(known.shard)
     settings = experiment.cell_settings(cfg, cell, shard, n_shards)
-    align = experiment.align_file(cell["model"]) if settings.get("realign") else None
-    base = experiment.run_args(settings, experiment.model_dir(cell["model"]), cell["model"],
-                               experiment.data_file(cell["task"]), align)
+    align = contracts.align_file(cell["model"]) if settings.get("realign") else None
+    base = experiment.run_args(settings, contracts.model_dir(cell["model"]), cell["model"],
+                               contracts.data_file(cell["task"]), align)
     return base + rest
 
 

@@ -128,7 +128,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     written = []
-    for ext in ("png", "svg"):
+    for ext in FIGURE_FORMATS:
         target = out_dir / f"{name}.{ext}"
         with atomic_path(target) as tmp:
             kwargs: dict[str, Any] = {"format": ext, "metadata": {"Date": None}}
