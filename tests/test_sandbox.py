@@ -3,15 +3,16 @@
 Every hostile program (tests/hostile/*.py) is a candidate solution to a real HumanEval+/MBPP+ problem from the
 vendored data.  Each run asserts: not a pass, the expected status, this (scoring) process is alive, canary files
 outside the sandbox are unchanged, nothing it tried to create exists, no child process or zombie is left behind,
-and the wall time is bounded.  Three configurations:
+the wall time is bounded, and the run used the isolation mode asked for (no silent fallback).  Configurations:
 
-* default (``isolation="auto"``: full isolation when root) -- the configuration the scorer uses;
-* ``isolation="basic"`` -- rlimits + audit hook + evalplus's reliability_guard only (what a non-root user gets);
-* ``python_guards=False`` with full isolation (root only) -- proves the kernel layers (uid drop, namespaces,
-  RLIMIT_NPROC) contain the attacks on their own.
+* the default limits under both kernel isolations (fixture ``mode``: bubblewrap, and the namespace fallback used
+  without bwrap, forced through ``LATENTMAS_SANDBOX_ISOLATION``) -- what the scorer uses;
+* ``isolation="basic"`` -- rlimits + audit hook + evalplus's reliability_guard only (no bwrap, not root);
+* ``python_guards=False`` under bwrap and under namespaces (fixture ``kernel``) -- what the kernel layers contain
+  on their own, including the fallback's documented leaks.
 
-Plus positive controls, a differential test against evalplus's own ``untrusted_check`` and unit tests of the
-decoder / canonical encoding / cache.
+Plus positive controls, a differential test against evalplus's own ``untrusted_check``, the mode choice and its
+fallback, and unit tests of the decoder / canonical encoding / cache.
 """
 from __future__ import annotations
 
@@ -744,3 +745,67 @@ def test_broken_canonical_solution_raises_sandbox_error(problems):
     p["canonical_solution"] = "    raise RuntimeError('broken reference')\n"
     with pytest.raises(SandboxError, match="canonical solution raised"):
         check_solution(p["prompt"] + "    return True\n", p, "humaneval")
+
+
+# ------------------------------------------------------------------------------------------- isolation mode choice
+from latentmas.eval.sandbox import isolation as sandbox_isolation  # noqa: E402
+from latentmas.eval.sandbox import seccomp as sandbox_seccomp  # noqa: E402
+
+
+@pytest.fixture()
+def broken_bwrap(tmp_path, monkeypatch):
+    """A `bwrap` that fails the way bubblewrap does when it cannot set up (message on stderr, exit 1)."""
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox_isolation, "bwrap_path", lambda: str(fake))
+    monkeypatch.setattr(sandbox_isolation, "_FALLBACK", {})
+    monkeypatch.delenv(sandbox.ENV_VAR, raising=False)
+
+
+def test_auto_falls_back_when_bwrap_cannot_start_and_records_it(problems, broken_bwrap):
+    """A scorer that kept reporting "bwrap" after a fallback, or failed instead of degrading, is caught here."""
+    p = problems["HumanEval/0"]
+    canonical = p["prompt"] + p["canonical_solution"]
+    assert sandbox.isolation_mode() == BWRAP_MODE  # before any run: bwrap is planned
+    with pytest.warns(RuntimeWarning, match="bwrap isolation unavailable"):
+        v = check_solution(canonical, p, "humaneval")
+    fallback = "namespaces" if IS_ROOT else "basic"
+    assert v.passed and v.sandbox == fallback == sandbox.isolation_mode(), v
+
+
+def test_explicit_bwrap_does_not_fall_back(problems, broken_bwrap):
+    p = problems["HumanEval/0"]
+    with pytest.raises(SandboxError, match="bwrap"):
+        check_solution(p["prompt"] + "    return True\n", p, "humaneval", SandboxLimits(isolation="bwrap"))
+
+
+@pytest.mark.skipif(not HAS_BWRAP, reason="bwrap missing")
+def test_without_libseccomp_bwrap_runs_and_is_recorded_as_plain_bwrap(problems, monkeypatch):
+    """Degrading cleanly: no filter, the mode says so, and ptrace is then not denied (the filter was what denied it)."""
+    monkeypatch.setattr(sandbox_seccomp, "_PROGRAM", [None])
+    task_id, code = load_hostile("ptrace_traceme")
+    v = check_solution(code, problems[task_id], "humaneval", SandboxLimits(isolation="bwrap", python_guards=False))
+    assert v.sandbox == "bwrap" and "LEAKED: ptrace is available" in v.detail, v
+
+
+def test_isolation_choice_is_validated(monkeypatch):
+    monkeypatch.setenv(sandbox.ENV_VAR, "docker")
+    with pytest.raises(ValueError, match=sandbox.ENV_VAR):
+        sandbox.isolation_mode()
+    monkeypatch.setenv(sandbox.ENV_VAR, "basic")
+    assert sandbox.isolation_mode() == "basic"
+    if IS_ROOT:
+        assert sandbox.isolation_mode(SandboxLimits(isolation="full")) == "namespaces"  # the old name still works
+    with pytest.raises(ValueError, match="isolation"):
+        sandbox.isolation_mode(SandboxLimits(isolation="strong"))
+
+
+def test_harness_sources_are_the_package_files():
+    """The child runs the modules' own files (captured at import), in dependency order."""
+    from latentmas.eval.sandbox import supervisor
+
+    here = Path(sandbox.__file__).parent
+    assert [n for n, _ in supervisor.HARNESS_SOURCES] == ["wire", "guards", "namespaces", "child"]
+    for name, text in supervisor.HARNESS_SOURCES:
+        assert text == (here / f"{name}.py").read_text(encoding="utf-8")
