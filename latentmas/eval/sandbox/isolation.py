@@ -5,7 +5,8 @@ Modes, strongest first (the one a run used is ``CodeVerdict.sandbox`` and the sc
 * ``bwrap+seccomp`` / ``bwrap`` -- bubblewrap (``bwrap``, Debian package ``bubblewrap``) starts the interpreter in
   new PID, mount, network, IPC, UTS and cgroup namespaces on an empty root: only /usr (with the /bin, /lib*
   symlinks), the Python installation (which holds evalplus) and a few /etc time-zone files are bound read-only;
-  /proc is the new PID namespace's, /dev a minimal one, /tmp and the work dir size-capped tmpfs.  The checkout,
+  /proc is the new PID namespace's, /dev a minimal one, /tmp and the work dir size-capped tmpfs, the rest of the
+  root read-only.  The checkout,
   the datasets, the expected-output cache and every other process are not visible at the kernel level.  As root,
   bwrap runs privileged and the child drops to a fresh unprivileged uid (bwrap keeps only CAP_SETUID/SETGID for
   that); otherwise bwrap runs unprivileged in a user namespace with further user namespaces disabled.  With
@@ -152,6 +153,9 @@ def bwrap_argv(workdir: str, file_size_mb: int, seccomp_fd: int | None) -> list[
             argv += ["--perms", "0755", "--dir", anc]
     argv += ["--perms", "1777" if privileged else "0700", "--size", str(size), "--tmpfs", workdir,
              "--chdir", workdir]
+    # The root and /dev are bwrap's own tmpfs mounts, without a size cap: read-only (only /tmp and the work dir,
+    # both size-capped, stay writable; /dev/null still is, device nodes ignore the flag).
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return argv + ["--"]
