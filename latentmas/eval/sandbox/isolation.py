@@ -29,7 +29,6 @@ import warnings
 
 from .guards import _within, python_roots
 from .limits import SandboxError, SandboxLimits
-from .seccomp import UNAVAILABLE as SECCOMP_UNAVAILABLE
 from .seccomp import bpf_program
 
 MODES = ("bwrap+seccomp", "bwrap", "namespaces", "basic")
@@ -96,10 +95,6 @@ def mode_label(kind: str) -> str:
 def current_mode(lim: SandboxLimits | None = None) -> str:
     """The mode the next run with these limits would use (after any fallback already decided)."""
     return mode_label(plan(lim or SandboxLimits()))
-
-
-def seccomp_note() -> str:
-    return SECCOMP_UNAVAILABLE.get("reason", "")
 
 
 def _ancestors(path: str) -> list[str]:

@@ -115,6 +115,10 @@ def bpf_program() -> bytes | None:
             except (OSError, AttributeError) as e:  # no library, old library, export failure
                 UNAVAILABLE["reason"] = f"{type(e).__name__}: {e}"
                 _PROGRAM.append(None)
+                import warnings
+
+                warnings.warn(f"latentmas.eval.sandbox: no seccomp filter ({UNAVAILABLE['reason']}); bwrap runs "
+                              "without one and are recorded as mode 'bwrap'", RuntimeWarning, stacklevel=2)
         return _PROGRAM[0]
 
 
