@@ -32,6 +32,7 @@ import pytest
 from latentmas.eval import sandbox
 from latentmas.eval.sandbox import CodeVerdict, SandboxError, SandboxLimits, check_solution, wire
 from latentmas.eval.sandbox import expected as sandbox_expected
+from latentmas.eval.sandbox import namespaces as sandbox_namespaces
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -466,7 +467,9 @@ def test_kernel_dataset_hidden(problems, kernel):
     fallback hides it only where it lies under a covered directory; elsewhere the documented leak is asserted:
     a program outside the Python layer reads the canonical solution and passes."""
     v = kscore(problems, kernel, "read_dataset", DATASET=HUMANEVAL_FILE)
-    if kernel == "bwrap" or str(HUMANEVAL_FILE.resolve()).startswith(HIDDEN_BY_NAMESPACES):
+    path = str(HUMANEVAL_FILE.resolve())
+    covered = path.startswith(HIDDEN_BY_NAMESPACES) or sandbox_namespaces._hidden_ancestor(path) is not None
+    if kernel == "bwrap" or covered:
         assert not v.passed and "FileNotFoundError" in v.detail, v
     else:
         assert v.passed, v
@@ -474,7 +477,8 @@ def test_kernel_dataset_hidden(problems, kernel):
 
 def test_kernel_user_namespaces(problems, kernel):
     """bwrap closes user-namespace creation (seccomp denies unshare/clone with CLONE_NEW*; unprivileged bwrap also
-    sets --disable-userns).  The fallback does not (asserted leak), nor does privileged bwrap without seccomp."""
+    sets --disable-userns).  The fallback and privileged bwrap without the filter do not close it: there the outcome
+    is the host's policy (user.max_user_namespaces etc.), so only that the run ends as a failure is asserted."""
     v = kscore(problems, kernel, "unshare_userns")
     contained = recorded_mode(kernel) == "bwrap+seccomp" or (kernel == "bwrap" and not IS_ROOT)
     if contained:
