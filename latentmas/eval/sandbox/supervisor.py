@@ -114,7 +114,7 @@ def run_child(*, lim: SandboxLimits, wall_s: float, report_cap: int, on_msg, **t
         kind = nxt
 
 
-def _make_job(kind: str, task: dict, lim: SandboxLimits, workdir: str, cpu_s: float) -> dict:
+def _make_job(kind: str, task: dict, lim: SandboxLimits, workdir: str, cpu_s: float, evalplus_utils: str) -> dict:
     uid = gid = None
     if kind == "namespaces" or (kind == "bwrap" and os.geteuid() == 0):
         uid = gid = _UID_BASE + secrets.randbelow(_UID_SPAN)
@@ -123,7 +123,7 @@ def _make_job(kind: str, task: dict, lim: SandboxLimits, workdir: str, cpu_s: fl
         **task, "nonce": secrets.token_hex(16), "isolation": kind, "uid": uid, "gid": gid, "workdir": workdir,
         "parent_pid": os.getpid(), "python_guards": bool(lim.python_guards), "allow_ctypes": bool(lim.allow_ctypes),
         "inline_max": int(lim.inline_output_bytes) if task["mode"] == "candidate" else EXPECTED_VALUE_BYTES,
-        "canon_max": int(lim.canon_max_bytes), "evalplus_utils": _evalplus_utils_path(),
+        "canon_max": int(lim.canon_max_bytes), "evalplus_utils": evalplus_utils,
         "hide_paths": [os.path.realpath(cdir)] if cdir else [],
         "limits": {"cpu_s": cpu_s, "memory_mb": lim.memory_mb, "file_size_mb": lim.file_size_mb,
                    "nofile": lim.nofile, "nproc": lim.nproc},
@@ -345,8 +345,9 @@ def _still_alive(pid: int) -> bool:
 
 def _run_once(kind: str, task: dict, lim: SandboxLimits, wall_s: float, report_cap: int, on_msg) -> RunResult:
     cpu_s = lim.cpu_s if lim.cpu_s is not None else math.ceil(wall_s) + 1
+    evalplus_utils = _evalplus_utils_path()  # before anything is created: raises SandboxError if missing
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="latentmas-sbx-"))
-    job = _make_job(kind, task, lim, workdir, cpu_s)
+    job = _make_job(kind, task, lim, workdir, cpu_s, evalplus_utils)
     ch = _Channel(job["nonce"], len(task["inputs"]), lim, report_cap, on_msg)
     rep_r, rep_w = os.pipe()
     out_r, out_w = os.pipe()
