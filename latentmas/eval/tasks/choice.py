@@ -17,8 +17,9 @@ import hashlib
 import re
 from typing import Any
 
+from latentmas.eval import strict
 from latentmas.eval.extract import extract_choice, letters_for
-from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, Task, VendoredFile
+from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, ScoreResult, Task, VendoredFile
 
 _CHOICE_INSTRUCTION = (
     "Reason briefly about the options, then write the letter of the single best option inside \\boxed{} at the end."
@@ -30,10 +31,19 @@ class ChoiceTask(Task):
     answer_instruction = _CHOICE_INSTRUCTION
     max_choices = 5  # used only when extract() is called without a record
 
-    def user_prompt(self, record: dict[str, Any]) -> str:
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
+        self.check_style(style)
         options = "\n".join(f"{letter}. {text}" for letter, text in zip(letters_for(len(record["choices"])),
                                                                            record["choices"]))
         return f"{record['question']}\n\n{options}"
+
+    def score_strict(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
+        """The original LatentMAS rule for choice tasks: its extracted string equals the lower-cased gold letter."""
+        pred = strict.number_answer(text)
+        if pred is None:
+            return ScoreResult(None, False, "no_answer")
+        ok = pred == strict.choice_gold(record)
+        return ScoreResult(pred, ok, "correct" if ok else "wrong")
 
     def extract(self, text: str | None, record: dict[str, Any] | None = None) -> str | None:
         if record is not None:
