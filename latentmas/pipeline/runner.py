@@ -31,7 +31,7 @@ import torch
 from latentmas import __version__
 from latentmas.engine.decoding import DecodeSettings
 from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
-from latentmas.engine.models import THINK_MODES
+from latentmas.engine.models import THINK_MODES, ModelLoadError
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
 from latentmas.records import RecordWriter, repair
 
@@ -242,7 +242,7 @@ def cli_main(argv: list[str]) -> int:
         argv = expand_cell_argv(argv)
         args = _apply_settings_file(ap, argv)
         return run(args)
-    except (RunConfigError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+    except (RunConfigError, ValueError, FileNotFoundError, ModelLoadError) as exc:  # ConfigError is a ValueError
         print(f"latentmas run: error: {exc}", file=sys.stderr)
         return 2
 
