@@ -54,7 +54,8 @@ def test_score_cli_four_outcomes(tmp_path, gsm8k_parquet):
         (None, False, "no_answer"),
     ]
     for src, g in zip(_gsm8k_rows(), got):  # the inference record is kept whole
-        assert {k: v for k, v in g.items() if k not in ("prediction", "correct", "reason")} == src
+        assert {k: v for k, v in g.items() if k not in ("prediction", "correct", "reason", "extraction")} == src
+        assert g["extraction"] == "ours"
     assert not [p for p in out.parent.iterdir() if p.name != "out.jsonl"]  # no temp files left
 
 
