@@ -410,3 +410,22 @@ def test_sliding_window_batches_are_refused_once_pads_enter_the_window(tiny_mode
     alone = SequenceBatch.empty(lm.model, 1, lm.device)
     ids, mask = left_pad([long_], lm.pad_token_id, lm.device)
     extend(lm.model, alone, mask, input_ids=ids, want="logits")
+
+
+def test_gpqa_source_order_option(tmp_path):
+    """A GPQA file in the original's layout (fingertap/GPQA-Diamond: options inside the question, answer a letter)
+    is shown as it is, so the options keep the source's order and letters; the official CSV layout keeps our
+    hashed order. Catches: embedded-layout options re-ordered or re-lettered (the gold letter would then be wrong)."""
+    task = get_task("gpqa_diamond")
+    rows = [{"question": "Which is heavier?\nA) lead\nB) feather\nC) air\nD) foam", "answer": "A"},
+            {"question": "Pick the gas.\n(A) iron\n(B) stone\n(C) wood\n(D) helium", "answer": "(D)"}]
+    f = tmp_path / "gpqa.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = task.load(f)
+    assert [r["gold"] for r in recs] == ["A", "D"]
+    assert task.user_prompt(recs[0]) == rows[0]["question"]
+    assert recs[1]["choices"] == ["iron", "stone", "wood", "helium"]
+    assert task.score("so \\boxed{D}", recs[1]).correct
+    official = task.normalise({"Question": "Q?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
+                               "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3"}, 0, "x row 2")
+    assert official["choices"][official["extras"]["order"].index(0)] == "right"
