@@ -429,3 +429,21 @@ def test_gpqa_source_order_option(tmp_path):
     official = task.normalise({"Question": "Q?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
                                "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3"}, 0, "x row 2")
     assert official["choices"][official["extras"]["order"].index(0)] == "right"
+
+
+def test_score_cli_extraction_both_writes_strict_fields(tmp_path):
+    """`latentmas score --extraction both` keeps ours as prediction/correct and adds the strict_* keys; a failed
+    record is failed both ways. Catches: the flag not reaching score_one, or strict overwriting ours."""
+    from latentmas.eval.scoring import cli_main as score_main
+
+    data = get_task("gsm8k").load()[:2]
+    recs = [{"sample_id": data[0]["id"], "task": "gsm8k", "gold": data[0]["gold"], "status": "ok",
+             "final_text": f"The answer is {data[0]['gold']}. Step 2 done."},
+            {"sample_id": data[1]["id"], "task": "gsm8k", "gold": data[1]["gold"], "status": "failed",
+             "error": "boom", "final_text": ""}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert score_main([str(src), "--extraction", "both", "--out", str(tmp_path / "out.jsonl")]) == 0
+    ok, failed = read_records(tmp_path / "out.jsonl")
+    assert (ok["correct"], ok["strict_correct"], ok["strict_prediction"]) == (True, False, "2")
+    assert failed["strict_reason"].startswith("inference_failed") and failed["extraction"] == "both"

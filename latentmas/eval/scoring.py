@@ -187,8 +187,12 @@ def score_file(in_path: str | os.PathLike, out_path: str | os.PathLike, data_pat
         write_jsonl_atomic(out_path, scored)
     reasons = collections.Counter(s["reason"].split(":")[0] for s in scored)
     n_ok = sum(s["correct"] for s in scored)
-    log.info("%s: %d records, %d correct (%.1f%%); reasons %s -> %s", task.name, len(scored), n_ok,
-             100.0 * n_ok / max(1, len(scored)), dict(reasons), out_path)
+    log.info("%s: %d records, %d correct (%.1f%%, extraction %s); reasons %s -> %s", task.name, len(scored), n_ok,
+             100.0 * n_ok / max(1, len(scored)), extraction, dict(reasons), out_path)
+    if extraction == "both":
+        n_strict = sum(s["strict_correct"] for s in scored)
+        log.info("%s: %d correct under the original's (strict) extraction (%.1f%%)", task.name, n_strict,
+                 100.0 * n_strict / max(1, len(scored)))
     return scored
 
 
