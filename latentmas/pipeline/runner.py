@@ -9,6 +9,8 @@ Guarantees a cluster user relies on:
   in flight and never duplicates a record;
 * **identity-checked**: every record carries the cell's ``config_hash``; resuming onto a file written with other
   settings is refused (naming the file and both hashes) instead of mixing results;
+* **one set of defaults**: every option a pipeline config also sets defaults to the config schema's value
+  (:mod:`latentmas.pipeline.defaults`), so ``latentmas run`` with no options runs what a config that sets nothing runs;
 * **fault-contained**: a non-finite latent vector or logits fails that sample with the reason; CUDA OOM retries the
   batch at half size down to 1, then records those samples as failed; the shard carries on.
 """
