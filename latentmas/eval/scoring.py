@@ -1,6 +1,6 @@
 """``latentmas score``: inference records in, scored records out. Inference never scores; this is the only place.
 
-Each scored record is the inference record plus three keys (docs/DESIGN.md):
+Each scored record is the inference record plus four keys (docs/DESIGN.md):
 
 * ``prediction``: the extracted answer (a canonical number, a letter, or the program for code tasks), or null;
 * ``correct``: bool;
@@ -10,6 +10,8 @@ Each scored record is the inference record plus three keys (docs/DESIGN.md):
 * ``extraction``: ``ours`` | ``strict`` | ``both``: which rules made the three keys above (``strict`` = the original
   LatentMAS rules, :mod:`latentmas.eval.strict`); with ``both`` the keys above are ours and ``strict_prediction``,
   ``strict_correct``, ``strict_reason`` are added.
+* ``sandbox``: for code tasks the isolation mode the programs ran under (``bwrap+seccomp``, ``bwrap``,
+  ``namespaces``, ``basic``: latentmas/eval/sandbox/isolation.py), null for the other tasks.
 
 A record whose ``sample_id`` is not in the dataset, or whose ``gold`` differs from the dataset's, stops scoring with
 an error naming the id: it means the records were made from another dataset file.
@@ -36,7 +38,8 @@ from latentmas.eval.tasks.base import ScoreResult
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("prediction", "correct", "reason", "extraction", "strict_prediction", "strict_correct", "strict_reason")
+SCORE_KEYS = ("prediction", "correct", "reason", "sandbox", "extraction", "strict_prediction", "strict_correct",
+              "strict_reason")
 EXTRACTIONS = ("ours", "strict", "both")  # both = ours as prediction/correct/reason, plus strict_* keys
 
 
@@ -75,11 +78,21 @@ def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[st
     result = failed if status == "failed" else (
         task.score_strict(text, item) if extraction == "strict" else task.score(text, item))
     out = {k: v for k, v in record.items() if k not in SCORE_KEYS}
-    out.update(prediction=result.prediction, correct=bool(result.correct), reason=result.reason, extraction=extraction)
+    out.update(prediction=result.prediction, correct=bool(result.correct), reason=result.reason,
+               sandbox=_sandbox_mode(task), extraction=extraction)
     if extraction == "both":
         st = failed if status == "failed" else task.score_strict(text, item)
         out.update(strict_prediction=st.prediction, strict_correct=bool(st.correct), strict_reason=st.reason)
     return out
+
+
+def _sandbox_mode(task: Task) -> str | None:
+    """The isolation mode this process runs code under (asked after the run: an "auto" fallback is decided)."""
+    if task.kind != "code":
+        return None
+    from latentmas.eval import sandbox
+
+    return sandbox.isolation_mode()
 
 
 def score_records(records: Iterable[dict[str, Any]], task: Task | str,
