@@ -474,8 +474,8 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "aggregate"
 
 def test_outputs_match_the_committed_golden_tables(tmp_path, monkeypatch):
     """Refactors keep every table byte-identical: the golden outputs are those of the pre-polars aggregator
-    (commit 44d6e03; since then only the unit renamed cell -> setting and wide sections split per model, the CSVs
-    unchanged byte for byte) from tests/golden/aggregate/scored.jsonl (tests/golden/make_scored.py: 2 models, numeric,
+    (commit 44d6e03; since then only the unit renamed cell -> setting, wide sections split per model and main's
+    accuracy_strict column added -- CSVs byte-identical to main's loop-based aggregator at each step) from tests/golden/aggregate/scored.jsonl (tests/golden/make_scored.py: 2 models, numeric,
     choice, code and unknown tasks, all methods and archs, sweeps, failures, an ambiguous TextMAS reference). Catches
     any change of a number's last bit, of the row order, of a label or of the Markdown layout."""
     monkeypatch.chdir(GOLDEN.parent.parent.parent)  # summary.json records the input path as given
@@ -506,3 +506,18 @@ def test_wide_sections_split_into_one_table_per_model(tmp_path):
                                                        rec("m2", "gsm8k", "baseline", 0, 0, True)])], small)
     assert [h for h, _ in md_tables((small / "table_accuracy.md").read_text(encoding="utf-8"))] == \
         ["Single agent only"]
+
+
+def test_strict_accuracy_column_only_when_every_record_has_it(tmp_path):
+    """`accuracy_strict` is the share of `strict_correct` (scoring.extraction: both), independent of `correct`, and
+    null for a setting where any record lacks it. Catches: the column copying `accuracy`, or averaging over a partial
+    set of strictly scored records."""
+    both = [dict(rec("m1", "gsm8k", "baseline", 0, i, c), extraction="both", strict_correct=(i < 2))
+            for i, c in enumerate(pattern(7))]
+    partial = [rec("m1", "arc_easy", "baseline", 0, i, c) for i, c in enumerate(pattern(5))]
+    partial[0] = dict(partial[0], extraction="both", strict_correct=True)
+    samples, _ = agg.load_samples([write_jsonl(tmp_path / "a.jsonl", both + partial)])
+    settings, _ = agg.compute_tables(samples)
+    by_task = {c["task"]: c for c in settings.to_dicts()}
+    assert by_task["gsm8k"]["accuracy"] == 0.7 and by_task["gsm8k"]["accuracy_strict"] == 0.2
+    assert by_task["arc_easy"]["accuracy_strict"] is None

@@ -27,7 +27,7 @@ SAMPLE_SCHEMA: dict[str, Any] = {
     "model": pl.String, "task": pl.String, "method": pl.String, "arch": pl.String, "latent_steps": pl.Int64,
     "realign": pl.Boolean, "memory": pl.String, "seed": pl.Int64, "sample_id": pl.String, "ok": pl.Boolean,
     "correct": pl.Boolean, "tokens_prompt": pl.Int64, "tokens_latent": pl.Int64, "tokens_generated": pl.Int64,
-    "tokens_total": pl.Int64, "wall_s": pl.Float64,
+    "tokens_total": pl.Int64, "wall_s": pl.Float64, "strict_correct": pl.Boolean,
 }
 
 
@@ -94,8 +94,11 @@ def _sample_row(rec: dict[str, Any]) -> dict[str, Any]:
     ok = rec["status"] == "ok"
     tok = rec.get("tokens") if ok else None  # a failed sample's partial cost is not averaged (docs/TABLES.md)
     row = {k: rec[k] for k in SETTING_KEY}
+    strict = rec.get("strict_correct")  # scored with the original's rules too (scoring.extraction: both)
+    if strict is None and rec.get("extraction") == "strict":
+        strict = rec["correct"]
     row.update(seed=rec["seed"], sample_id=rec["sample_id"], ok=ok, correct=rec["correct"],
-               wall_s=float(rec["wall_s"]) if ok else None)
+               wall_s=float(rec["wall_s"]) if ok else None, strict_correct=strict)
     for kind in ("prompt", "latent", "generated", "total"):
         row[f"tokens_{kind}"] = tok[kind] if tok is not None else None
     return row

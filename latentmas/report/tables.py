@@ -30,7 +30,8 @@ SETTING_SCHEMA: dict[str, Any] = {
     "model": pl.String, "task": pl.String, "method": pl.String, "arch": pl.String, "latent_steps": pl.Int64,
     "realign": pl.Boolean, "memory": pl.String,
     "n_seeds": pl.Int64, "seeds": pl.List(pl.Int64), "n_samples": pl.Int64, "n_samples_per_seed": pl.List(pl.Int64),
-    "n_correct": pl.Int64, "n_failed": pl.Int64, "accuracy": pl.Float64, "acc_per_seed": pl.List(pl.Float64),
+    "n_correct": pl.Int64, "n_failed": pl.Int64, "accuracy": pl.Float64, "accuracy_strict": pl.Float64,
+    "acc_per_seed": pl.List(pl.Float64),
     "acc_seed_mean": pl.Float64, "acc_seed_sd": pl.Float64, "ci_method": pl.String,
     "acc_ci95_lo": pl.Float64, "acc_ci95_hi": pl.Float64, "acc_ci95_half": pl.Float64,
     "acc_wilson95_lo": pl.Float64, "acc_wilson95_hi": pl.Float64, "acc_t95_lo": pl.Float64, "acc_t95_hi": pl.Float64,
@@ -107,7 +108,10 @@ _CI_DTYPE = pl.Struct({k: SETTING_SCHEMA[k] for k in ("acc_seed_mean", "acc_seed
 def _pooled(samples: pl.DataFrame, per_seed: pl.DataFrame) -> pl.DataFrame:
     """One row per setting: counts and costs over all its samples, per-seed lists, confidence intervals."""
     keys = list(SETTING_KEY)
-    pooled = _finish_costs(samples.group_by(keys).agg(_counts_and_costs(keys)))
+    strict = pl.col("strict_correct")
+    # only when every sample was also scored with the original's rules (scoring.extraction: both/strict)
+    accuracy_strict = pl.when(strict.null_count() == 0).then(strict.sum() / pl.len()).otherwise(None)
+    pooled = _finish_costs(samples.group_by(keys).agg(*_counts_and_costs(keys), accuracy_strict.alias("accuracy_strict")))
     seeds = per_seed.group_by(keys, maintain_order=True).agg(  # per_seed is sorted by seed within a setting
         pl.len().alias("n_seeds"), pl.col("seed").alias("seeds"), pl.col("n_samples").alias("n_samples_per_seed"),
         pl.col("accuracy").alias("acc_per_seed"))

@@ -7,6 +7,8 @@ rule score:
         data=data_file("{task}"),
     output:
         SCORE_FILE,
+    params:
+        extraction=config["scoring"]["extraction"],
     log:
         job_log("score"),
     threads: threads_for("score")
