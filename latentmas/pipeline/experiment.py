@@ -227,7 +227,7 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
     s["max_new_tokens"] = t.get("max_new_tokens", dec["max_new_tokens"])
     if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
         s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
-    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"])
+    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg.get("trace", "summary"))
     return s
 
 
@@ -258,7 +258,8 @@ RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent
                "memory": "--memory", "ridge_lambda": "--ridge-lambda", "seed": "--seed", "n": "--n",
                "shard": "--shard", "batch_size": "--batch-size", "temperature": "--temperature", "top_p": "--top-p",
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
-               "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None}
+               "think": "--think", "dtype": "--dtype", "device": "--device", "trace": "--trace", "realign": None,
+               "greedy": None}
 
 
 def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: str | None) -> list[str]:
