@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +141,172 @@ def test_health_flags_and_warning_name_agent_and_step(caplog):
     text = caplog.text
     assert "agent critic step 2: norm" in text and "agent critic step 1: entropy" in text
     assert math.isfinite(col["log_vocab"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Audit page on the real model, rendered by headless Chromium
+# ----------------------------------------------------------------------------------------------------------------------
+CHROMIUM_APT = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+
+
+def _chromium() -> str | None:
+    """A Chromium binary; installed from apt (Debian package ``chromium``) when absent and possible."""
+    import os
+    import shutil
+    import subprocess
+
+    def find():
+        return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+    if find() is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        ok = subprocess.run(CHROMIUM_APT, capture_output=True, env=env, timeout=900).returncode == 0
+        if not ok:
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
+            subprocess.run(CHROMIUM_APT, capture_output=True, env=env, timeout=900)
+    return find()
+
+
+def _headless(chromium: str, page, *args: str):
+    import subprocess
+
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--enable-logging=stderr", "--v=0", "--no-first-run", "--user-data-dir=" + str(page.parent / "profile"),
+           *args, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+
+
+@pytest.mark.slow
+def test_real_model_audit_page_renders_in_headless_chromium(real_lm, tmp_path):
+    """One real Qwen2.5-Coder-0.5B latent_mas GSM8K sample through `latentmas run` → `score` → `show --html`; the page
+    renders in headless Chromium with the question, every agent, lens tokens, answer and score in the DOM, a
+    screenshot, and no console errors (the detector is proven on a page with a deliberate console error). Catches a
+    page that needs external assets/scripts, loses agents or lens rows, or does not load at all."""
+    import re
+    import subprocess
+    import sys
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium not found and not installable (apt-get install -y chromium)")
+    recs, scored, page = tmp_path / "r.jsonl", tmp_path / "s.jsonl", tmp_path / "page.html"
+    run = [sys.executable, "-m", "latentmas.cli", "run", "--model", real_lm.path, "--task", "gsm8k", "--method",
+           "latent_mas", "--latent-steps", "6", "--n", "1", "--greedy", "--max-new-tokens", "96", "--out", str(recs)]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "latentmas.cli", "score", str(recs), "--out", str(scored)], check=True,
+                   capture_output=True, timeout=300)
+    from latentmas.records import read_records
+
+    rec = read_records(scored)[0]
+    shown = subprocess.run([sys.executable, "-m", "latentmas.cli", "show", str(scored), "--id", rec["sample_id"],
+                            "--html", str(page)], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "planner" in shown.stdout and rec["gold"] in shown.stdout  # the terminal rendering
+    text = page.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text) and "<script" not in text  # self-contained
+
+    shot = tmp_path / "page.png"
+    got = _headless(chromium, page, "--window-size=1280,3000", f"--screenshot={shot}")
+    assert shot.exists() and shot.stat().st_size > 10_000, got.stderr[-2000:]
+    dom = _headless(chromium, page, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not _console_errors(dom.stderr), _console_errors(dom.stderr)
+    d = dom.stdout
+    assert 'id="question"' in d and "Janet" in d  # the first GSM8K question
+    agents = [a["name"] for a in rec["agents"]]
+    assert all(f'data-agent="{a}"' in d for a in agents) and len(agents) == 4
+    assert d.count('class="lens-token"') >= 3 * 6 * 3  # 3 latent agents x 6 steps x top-3
+    assert 'id="final-answer"' in d and 'id="score"' in d and rec["reason"].split(":")[0] in d
+    import shutil
+
+    keep = Path(os.environ.get("LATENTMAS_AUDIT_ARTIFACTS", tmp_path))
+    keep.mkdir(parents=True, exist_ok=True)
+    for f in (shot, page, scored):
+        if keep != tmp_path:
+            shutil.copy(f, keep / f.name)
+
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>console.error('boom')</script></body></html>")
+    assert _console_errors(_headless(chromium, bad, "--dump-dom").stderr), "console-error detector sees nothing"
+
+
+@pytest.fixture(scope="module")
+def traced_records(tiny_lm, tmp_path_factory):
+    """Scored-looking records of one tiny latent_mas cell and one text_mas cell (same samples)."""
+    lm = tiny_lm("qwen2")
+    mapper = _mapper(lm)
+    topo = load_topology("sequential")
+    out = {}
+    for method in ("latent_mas", "text_mas"):
+        settings = MethodSettings(method, latent_steps=3 if method == "latent_mas" else 0,
+                                  decode=DecodeSettings(5, greedy=True), trace="summary")
+        recs = []
+        for i, (s, o) in enumerate(zip(_samples(2), run_batch(lm, topo, _samples(2), settings, mapper))):
+            recs.append({"model": "tiny", "task": "gsm8k", "method": method, "arch": "sequential",
+                         "latent_steps": 3 if method == "latent_mas" else None, "realign": True, "memory": "all",
+                         "seed": 0, "sample_id": s.sample_id, "index": i, "question": s.question,
+                         "final_text": o.final_text, "gold": "5", "agents": o.agents, "prediction": "5",
+                         "correct": (i == 0) == (method == "latent_mas"), "reason": "correct" if i == 0 else "wrong",
+                         "tokens": {"total": 10}, "wall_s": 0.1})
+        out[method] = recs
+    return out
+
+
+def test_health_table_per_cell(traced_records, tmp_path):
+    """One row per latent_mas cell (text_mas skipped), share flagged and means over the lens columns. Catches means
+    over the wrong field and text cells leaking into the latent table."""
+    from latentmas.report.latent_health import cell_health, cli_main
+
+    recs = traced_records["latent_mas"] + traced_records["text_mas"]
+    rows = cell_health(recs)
+    assert len(rows) == 1 and rows[0]["n"] == rows[0]["n_traced"] == 2
+    cols = [a["latent"]["lens"] for r in traced_records["latent_mas"] for a in r["agents"] if a["latent"]]
+    ratios = [x for c in cols for x in c["ratio"]]
+    assert rows[0]["mean_norm_ratio"] == pytest.approx(sum(ratios) / len(ratios))
+    assert rows[0]["mean_lens_entropy"] == pytest.approx(sum(x for c in cols for x in c["entropy"]) / (len(cols) * 3))
+    flagged = sum(any(c["flags"] for c in [a["latent"]["lens"] for a in r["agents"] if a["latent"]])
+                  for r in traced_records["latent_mas"])
+    assert rows[0]["share_flagged"] == flagged / 2
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert cli_main([str(p), "--out-dir", str(tmp_path / "t"), "--figures-dir", str(tmp_path / "f")]) == 0
+    assert "| tiny | gsm8k | sequential k3" in (tmp_path / "t/latent_health.md").read_text()
+    assert (tmp_path / "f/latent_lens.png").stat().st_size > 5000
+
+
+def test_audit_pages_show_each_agent_lens_and_verdict(traced_records, tmp_path, capsys):
+    """The page of a latent sample lists the question, every agent with its rendered prompt, one lens row per step,
+    the answer and the score; the compare page shows both methods; `show` errors (exit 2) on an unknown id. Catches
+    dropped agents, lens rows off by a step and unescaped model text (tokens like '<|im_end|>' must not become tags)."""
+    from latentmas.report.audit import cli_main, write_site
+
+    lat, txt = tmp_path / "lat.jsonl", tmp_path / "txt.jsonl"
+    lat.write_text("".join(json.dumps(r) + "\n" for r in traced_records["latent_mas"]))
+    txt.write_text("".join(json.dumps(r) + "\n" for r in traced_records["text_mas"]))
+    assert cli_main([str(lat), "--id", "s0", "--html", str(tmp_path / "p.html")]) == 0
+    term = capsys.readouterr().out
+    assert "planner" in term and "judger" in term and "correct" in term
+    page = (tmp_path / "p.html").read_text()
+    assert 'id="question"' in page and "What is 2+3?" in page
+    for a in traced_records["latent_mas"][0]["agents"]:
+        assert f'data-agent="{a["name"]}"' in page
+        assert html_escaped(a["prompt"]) in page
+    assert page.count("<tr") == 3 * (3 + 1)  # 3 latent agents x (header + 3 steps)
+    assert "<|im_end|>" not in page and 'class="ok">correct' in page
+    pages = write_site({"tiny/gsm8k/latent/seed0": lat, "tiny/gsm8k/text/seed0": txt}, tmp_path / "site")
+    index = (tmp_path / "site/index.html").read_text()
+    assert 'href="tiny/gsm8k/latent/seed0/compare.html"' in index and len(pages) == 1 + 2 + 1 + 2
+    cmp = (tmp_path / "site/tiny/gsm8k/latent/seed0/compare.html").read_text()
+    assert "latent_mas vs text_mas" in cmp and cmp.count('class="sample"') == 2
+    assert cli_main([str(lat), "--id", "nope"]) == 2 and "no sample 'nope'" in capsys.readouterr().err
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text)
