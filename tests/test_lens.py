@@ -12,7 +12,7 @@ import torch
 from latentmas.engine import latent as latent_mod
 from latentmas.engine.decoding import DecodeSettings
 from latentmas.engine.latent import LatentMapper
-from latentmas.engine.lens import LatentLens, step_flags, summary_bytes_per_sample
+from latentmas.engine.lens import LatentLens, step_flags, trace_bytes_per_sample
 from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
 from latentmas.engine.topology import load_topology
 
@@ -109,8 +109,9 @@ def test_trace_none_never_builds_an_observer(tiny_lm, monkeypatch):
 
 
 def test_summary_is_compact_and_bench_can_measure_it(tiny_lm):
-    """summary keeps 3 lens tokens and 1 nearest token per step and no ids; full keeps more. Catches a summary that
-    silently stores the full trace (records balloon) and a size function that counts nothing."""
+    """summary keeps 3 lens tokens and 1 nearest token per step and no ids; full keeps more; none adds 0 bytes.
+    Catches a summary that silently stores the full trace (records balloon) and a size function that counts
+    nothing or counts what `none` records hold anyway."""
     lm = tiny_lm("qwen2")
     mapper = _mapper(lm)
     topo = load_topology("sequential")
@@ -119,11 +120,16 @@ def test_summary_is_compact_and_bench_can_measure_it(tiny_lm):
     col = recs["summary"][0]["agents"][0]["latent"]["lens"]
     assert len(col["top"]) == 4 and all(len(t) == 3 for t in col["top"]) and all(len(n) == 1 for n in col["near"])
     assert "top_id" not in col
-    small, big = summary_bytes_per_sample(recs["summary"]), summary_bytes_per_sample(recs["full"])
+    small, big = trace_bytes_per_sample(recs["summary"]), trace_bytes_per_sample(recs["full"])
     assert 0 < small < big
-    per_record = [sum(len(json.dumps(a["latent"]["lens"], ensure_ascii=False)) for a in r["agents"] if a["latent"])
-                  for r in recs["summary"]]
+    def nbytes(x):
+        return len(json.dumps(x, ensure_ascii=False).encode("utf-8"))
+
+    per_record = [sum(nbytes(a["latent"]["lens"]) for a in r["agents"] if a["latent"])
+                  + sum(nbytes(a["prompt"]) for a in r["agents"]) for r in recs["summary"]]
     assert small == sum(per_record) / 2
+    none = [{"agents": o.agents} for o in run_batch(lm, topo, _samples(2), _settings("none", 4), mapper)]
+    assert trace_bytes_per_sample(none) == 0
 
 
 def test_health_flags_and_warning_name_agent_and_step(caplog):

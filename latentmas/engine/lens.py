@@ -198,11 +198,15 @@ def step_flags(col: dict, sane: SaneRange = SANE) -> list[dict]:
     return flags
 
 
-def summary_bytes_per_sample(records: list[dict]) -> float:
-    """Mean bytes the lens adds to one record (the JSON of every agent's ``latent.lens``): for ``latentmas bench``."""
+def trace_bytes_per_sample(records: list[dict]) -> float:
+    """Mean bytes a trace adds to one record (JSON of every ``latent.lens``, the ``prompt`` strings and ``question``):
+    for ``latentmas bench`` to report the cost of ``summary`` (records of ``trace: none`` give 0)."""
     if not records:
         return 0.0
-    sizes = [sum(len(json.dumps((a.get("latent") or {}).get("lens"), ensure_ascii=False))
-                 for a in r.get("agents", []) if (a.get("latent") or {}).get("lens") is not None)
-             for r in records]
-    return sum(sizes) / len(sizes)
+
+    def size(x) -> int:
+        return 0 if x is None else len(json.dumps(x, ensure_ascii=False).encode("utf-8"))
+
+    return sum(size(r.get("question")) + sum(size((a.get("latent") or {}).get("lens")) + size(a.get("prompt"))
+                                             for a in r.get("agents", []))
+               for r in records) / len(records)

@@ -62,7 +62,10 @@ def verdict(rec: dict) -> tuple[str, str]:
     """(label, css class) of the sample's outcome: scored records have ``correct``/``reason``."""
     if "correct" not in rec:
         return ("not scored" + (f" (inference failed: {rec['error']})" if rec.get("error") else ""), "meta")
-    return ("correct" if rec["correct"] else f"wrong — {rec.get('reason')}", "ok" if rec["correct"] else "bad")
+    if rec["correct"]:
+        return "correct", "ok"
+    reason = rec.get("reason") or "wrong"
+    return ("wrong" if reason == "wrong" else f"wrong — {reason}"), "bad"
 
 
 def cell_label(rec: dict) -> str:
@@ -159,31 +162,34 @@ def placeholder_html(title: str, why: str) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 def print_terminal(rec: dict, file=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text  # model text and tokens are data, never rich markup
 
     con = Console(file=file, soft_wrap=False)
     label, cls = verdict(rec)
-    con.rule(f"{cell_label(rec)} · sample {rec.get('sample_id')}")
-    con.print(Panel(rec.get("question") or "(question not recorded)", title="question"))
+    con.rule(escape(f"{cell_label(rec)} · sample {rec.get('sample_id')}"))
+    con.print(Panel(Text(rec.get("question") or "(question not recorded)"), title="question"))
     agents = rec.get("agents", [])
     for i, a in enumerate(agents):
-        con.print(f"[bold]{a['name']}[/bold]  {a.get('input_tokens')} prompt · {a.get('latent_steps')} latent · "
+        con.print(f"[bold]{escape(a['name'])}[/bold]  {a.get('input_tokens')} prompt · {a.get('latent_steps')} latent · "
                   f"{a.get('generated_tokens')} generated tokens · {a.get('wall_s', 0):.3f} s")
         steps = _steps(a)
         if steps:
             t = Table("step", "logit lens", "nearest", "‖h‖", "ratio", "drift", "entropy", "health")
             for s in steps:
-                t.add_row(str(s["step"]), " ".join(f"{visible(x)} {_fmt(p, 2)}" for x, p in zip(s["top"], s["top_p"])),
-                          " ".join(visible(x) for x in s["near"]), _fmt(s["norm_h"]), _fmt(s["ratio"]),
+                t.add_row(str(s["step"]),
+                          Text(" ".join(f"{visible(x)} {_fmt(p, 2)}" for x, p in zip(s["top"], s["top_p"]))),
+                          Text(" ".join(visible(x) for x in s["near"])), _fmt(s["norm_h"]), _fmt(s["ratio"]),
                           _fmt(s["drift"]), _fmt(s["entropy"]), s["flag"] or "ok", style="red" if s["flag"] else None)
             con.print(t)
         text = a.get("text") or (rec.get("final_text") if i == len(agents) - 1 else None)
         if text:
-            con.print(Panel(text, title=f"{a['name']} wrote"))
+            con.print(Panel(Text(text), title=Text(f"{a['name']} wrote")))
     style = {"ok": "green", "bad": "red"}.get(cls, "yellow")
-    con.print(f"prediction: [bold]{rec.get('prediction', '—')}[/bold] · gold: [bold]{rec.get('gold')}[/bold] · "
-              f"score: [{style}]{label}[/{style}]", markup=True, highlight=False)
+    con.print(f"prediction: [bold]{escape(str(rec.get('prediction', '—')))}[/bold] · gold: "
+              f"[bold]{escape(str(rec.get('gold')))}[/bold] · score: [{style}]{escape(label)}[/{style}]", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------------------------------
