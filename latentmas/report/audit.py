@@ -55,6 +55,7 @@ def _steps(agent: dict) -> list[dict]:
     flagged = {f["step"]: f["kind"] for f in lens.get("flags", [])}
     return [{"step": t, "top": lens["top"][t], "top_p": lens["top_p"][t], "near": lens["near"][t],
              "norm_h": lens["norm_h"][t], "ratio": lens["ratio"][t], "drift": lens["drift"][t],
+             "cos_prev": lens["cos_prev"][t],
              "entropy": lens["entropy"][t], "flag": flagged.get(t)} for t in range(len(lens["top"]))]
 
 
@@ -88,7 +89,7 @@ def _fmt(x: Any, nd: int = 3) -> str:
 
 def _lens_table(steps: list[dict]) -> str:
     head = ("<tr><th>step</th><th>logit lens (top, p)</th><th>nearest input token</th><th>‖h‖</th>"
-            "<th>‖map(h)‖/‖h‖</th><th>drift</th><th>entropy</th><th>health</th></tr>")
+            "<th>‖map(h)‖/‖h‖</th><th>cos prev</th><th>drift</th><th>entropy</th><th>health</th></tr>")
     rows = []
     for s in steps:
         top = " ".join(f'<span class="lens-token">{_e(visible(t))}</span>&nbsp;{_fmt(p, 2)}'
@@ -96,7 +97,7 @@ def _lens_table(steps: list[dict]) -> str:
         near = " ".join(f'<span class="lens-token near">{_e(visible(t))}</span>' for t in s["near"])
         cls = ' class="flagged"' if s["flag"] else ""
         rows.append(f"<tr{cls}><td>{s['step']}</td><td>{top}</td><td>{near}</td><td>{_fmt(s['norm_h'])}</td>"
-                    f"<td>{_fmt(s['ratio'])}</td><td>{_fmt(s['drift'])}</td><td>{_fmt(s['entropy'])}</td>"
+                    f"<td>{_fmt(s['ratio'])}</td><td>{_fmt(s['cos_prev'])}</td><td>{_fmt(s['drift'])}</td><td>{_fmt(s['entropy'])}</td>"
                     f"<td>{_e(s['flag'] or 'ok')}</td></tr>")
     return f'<table class="lens">{head}{"".join(rows)}</table>'
 
@@ -177,11 +178,12 @@ def print_terminal(rec: dict, file=None) -> None:
                   f"{a.get('generated_tokens')} generated tokens · {a.get('wall_s', 0):.3f} s")
         steps = _steps(a)
         if steps:
-            t = Table("step", "logit lens", "nearest", "‖h‖", "ratio", "drift", "entropy", "health")
+            t = Table("step", "logit lens", "nearest", "‖h‖", "ratio", "cos prev", "drift", "entropy", "health")
             for s in steps:
                 t.add_row(str(s["step"]),
                           Text(" ".join(f"{visible(x)} {_fmt(p, 2)}" for x, p in zip(s["top"], s["top_p"]))),
                           Text(" ".join(visible(x) for x in s["near"])), _fmt(s["norm_h"]), _fmt(s["ratio"]),
+                          _fmt(s["cos_prev"]),
                           _fmt(s["drift"]), _fmt(s["entropy"]), s["flag"] or "ok", style="red" if s["flag"] else None)
             con.print(t)
         text = a.get("text") or (rec.get("final_text") if i == len(agents) - 1 else None)

@@ -113,20 +113,21 @@ def draw_trajectories(records: list[dict]):
     from matplotlib.figure import Figure
 
     traj = trajectories(records)
-    rows = max(1, len(traj))
-    fig = Figure(figsize=(10, 2.8 * rows), layout="constrained")
-    axes = fig.subplots(rows, 2, squeeze=False)
+    fig = Figure(figsize=(10, 3.0 * max(1, len(traj))), layout="constrained")
     if not traj:
-        for ax in axes[0]:
-            ax.text(0.5, 0.5, "no traced latent_mas samples (trace: summary or full)", ha="center", va="center")
-            ax.set_axis_off()
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no traced latent_mas samples (trace: summary or full)", ha="center", va="center")
+        ax.set_axis_off()
         return fig
-    for (cell, agents), (ax_n, ax_e) in zip(sorted(traj.items()), axes):
+    subs = fig.subfigures(len(traj), 1, squeeze=False)[:, 0]
+    for (cell, agents), sub in zip(sorted(traj.items()), subs):
+        sub.suptitle(cell, fontsize=9)
+        ax_n, ax_e = sub.subplots(1, 2)
         for agent, d in agents.items():
             ax_n.plot(range(len(d["norm_h"])), d["norm_h"], marker="o", ms=3, label=agent)
             ax_e.plot(range(len(d["entropy"])), d["entropy"], marker="o", ms=3, label=agent)
-        ax_n.set_title(f"{cell}: ‖h‖ before the map", fontsize=9)
-        ax_e.set_title(f"{cell}: logit-lens entropy (nats)", fontsize=9)
+        ax_n.set_ylabel("‖h‖ before the map")
+        ax_e.set_ylabel("logit-lens entropy (nats)")
         for ax in (ax_n, ax_e):
             ax.set_xlabel("latent step")
             ax.grid(alpha=0.3)
