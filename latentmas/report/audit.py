@@ -251,8 +251,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _partner(rec: dict, firsts: dict[str, dict]) -> str | None:
-    """For a latent_mas cell: the text_mas cell of the same model/task/arch/seed, else the baseline cell."""
+def partner_of(rec: dict, firsts: dict[str, dict]) -> str | None:
+    """For a latent_mas cell (or record): the text_mas cell of the same model/task/arch/seed, else the baseline cell;
+    None for other methods. ``firsts``: {cell id: a record or cell dict of it} (the workflow passes its cells)."""
+    if rec.get("method") != "latent_mas":
+        return None
     for cid, other in firsts.items():
         same = all(other.get(k) == rec.get(k) for k in ("model", "task", "seed"))
         if same and other.get("method") == "text_mas" and other.get("arch") == rec.get("arch"):
@@ -275,7 +278,7 @@ def write_site(cells: dict[str, str | Path], out_dir: str | Path) -> list[Path]:
         write_cell_pages(path, d / "correct.html", d / "incorrect.html")
         links = [f'<a href="{_e(cid)}/correct.html">correct</a>', f'<a href="{_e(cid)}/incorrect.html">incorrect</a>']
         written += [d / "correct.html", d / "incorrect.html"]
-        partner = _partner(firsts[cid], firsts) if firsts[cid].get("method") == "latent_mas" else None
+        partner = partner_of(firsts[cid], firsts)
         if partner:
             write_compare_page(path, cells[partner], d / "compare.html")
             written.append(d / "compare.html")

@@ -1,11 +1,27 @@
-# Stage 8: see inside the runs — latent health table + lens figures (latentmas.report.latent_health) and one audit
-# page per sample picked from every cell (latentmas.report.audit), linked from the report.
+# Stage 8: see inside the runs — latent health table + lens figure (latentmas.report.latent_health) and audit pages
+# (latentmas.report.audit): per cell the first correct and the first incorrect sample, latent_mas cells also side by
+# side with another method; every page is report()-tagged (a pure-HTML report cannot hold a directory).
+from latentmas.report.audit import partner_of as _audit_partner
 
 LATENT_HEALTH_TABLES = ("latent_health.csv", "latent_health.md")
 LATENT_HEALTH_FIGURES = ("latent_lens.png", "latent_lens.svg")
-AUDIT_OUTPUTS = [f"results/tables/{n}" for n in LATENT_HEALTH_TABLES] + [
-    f"results/figures/{n}" for n in LATENT_HEALTH_FIGURES
-] + ["results/audit"]
+
+
+def audit_pages() -> list:
+    """(cell id, page path) of every audit page, the same set latentmas.report.audit.write_site writes."""
+    pages = []
+    for cid in sorted(CELLS):
+        kinds = ["correct", "incorrect"] + (["compare"] if _audit_partner(CELLS[cid], CELLS) else [])
+        pages += [(cid, f"results/audit/{cid}/{kind}.html") for kind in kinds]
+    return pages
+
+
+AUDIT_OUTPUTS = (
+    [f"results/tables/{n}" for n in LATENT_HEALTH_TABLES]
+    + [f"results/figures/{n}" for n in LATENT_HEALTH_FIGURES]
+    + ["results/audit/index.html"]
+    + [page for _, page in audit_pages()]
+)
 
 
 rule latent_health:
@@ -28,8 +44,11 @@ rule audit_pages:
     input:
         all_cell_scores(),
     output:
-        report(directory("results/audit"), htmlindex="index.html", caption="../report/audit.rst",
-               category="Audit pages"),
+        report("results/audit/index.html", caption="../report/audit.rst", category="Audit pages"),
+        [
+            report(page, caption="../report/audit.rst", category="Audit pages", subcategory=cid)
+            for cid, page in audit_pages()
+        ],
     log:
         "logs/audit_pages.log",
     conda:

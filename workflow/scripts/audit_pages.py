@@ -1,4 +1,4 @@
-"""audit_pages: one page per picked sample of every cell + index.html (latentmas.report.audit.write_site)."""
+"""audit_pages: index.html + the picked pages of every cell (latentmas.report.audit.write_site); output 0 = index."""
 import sys
 from pathlib import Path
 
@@ -11,6 +11,9 @@ from latentmas.report.audit import write_site  # noqa: E402
 sm = snakemake  # noqa: F821
 # results/score/{model}/{task}/{variant}/seed{seed}/all.jsonl -> the cell id
 cells = {"/".join(Path(p).parts[-5:-1]): p for p in sm.input}
+written = {str(p) for p in write_site(cells, Path(sm.output[0]).parent)}
 with open(sm.log[0], "w") as log:
-    for page in write_site(cells, sm.output[0]):
-        log.write(f"{page}\n")
+    log.write("\n".join(sorted(written)) + "\n")
+missing = sorted(set(map(str, sm.output)) - written)
+if missing:
+    sys.exit(f"audit_pages: declared pages not written (cell without records?): {missing[:5]}")
