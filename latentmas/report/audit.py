@@ -24,7 +24,7 @@ table{border-collapse:collapse;margin:.4em 0} td,th{border:1px solid #ddd;paddin
 th{background:#f0f0f0} .lens-token{font-family:monospace;background:#eef4ff;border-radius:3px;padding:0 3px}
 .near{background:#f3efe6} tr.flagged{background:#fde8e8} .ok{color:#0a7a2a;font-weight:bold}
 .bad{color:#b00020;font-weight:bold} .agent{border-left:4px solid #56B4E9;padding-left:.8em;margin:1em 0}
-.cols{display:flex;gap:1.5em} .cols>div{flex:1;min-width:0} details>summary{cursor:pointer;color:#345}
+.cols{display:flex;gap:1.5em} .cols>div{flex:1;min-width:0;overflow-x:auto} body.wide{max-width:none} details>summary{cursor:pointer;color:#345}
 """
 
 
@@ -84,7 +84,7 @@ def _e(x: Any) -> str:
 
 
 def _fmt(x: Any, nd: int = 3) -> str:
-    return "—" if x is None else f"{x:.{nd}g}" if isinstance(x, float) else str(x)
+    return "—" if x is None else f"{x + 0.0:.{nd}g}" if isinstance(x, float) else str(x)  # + 0.0: no "-0"
 
 
 def _lens_table(steps: list[dict]) -> str:
@@ -134,15 +134,16 @@ def sample_html(rec: dict) -> str:
         f'{tok.get("total")} tokens · {rec.get("wall_s")} s</p>',
         f'<h2>Question</h2><pre id="question">{_e(question)}</pre>',
         *[_agent_html(a, rec, i == len(agents) - 1) for i, a in enumerate(agents)],
-        f'<h2>Answer</h2><p>prediction: <b id="final-answer">{_e(rec.get("prediction", "—"))}</b> · '
+        f'<h2>Answer</h2><p>prediction: <b id="final-answer">{_e(_fmt(rec.get("prediction")))}</b> · '
         f'gold: <b id="gold">{_e(rec.get("gold"))}</b> · score: <span id="score" class="{cls}">{_e(label)}</span></p>',
     ]
     return f'<div class="sample">{"".join(parts)}</div>'
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, wide: bool = False) -> str:
+    cls = ' class="wide"' if wide else ""
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<style>{CSS}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>\n')
+            f'<style>{CSS}</style></head><body{cls}><h1>{_e(title)}</h1>{body}</body></html>\n')
 
 
 def page_html(rec: dict) -> str:
@@ -151,7 +152,7 @@ def page_html(rec: dict) -> str:
 
 def compare_html(a: dict, b: dict) -> str:
     body = f'<div class="cols"><div>{sample_html(a)}</div><div>{sample_html(b)}</div></div>'
-    return _page(f"Sample {a.get('sample_id')}: {a.get('method')} vs {b.get('method')}", body)
+    return _page(f"Sample {a.get('sample_id')}: {a.get('method')} vs {b.get('method')}", body, wide=True)
 
 
 def placeholder_html(title: str, why: str) -> str:
