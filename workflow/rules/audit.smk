@@ -7,20 +7,20 @@ LATENT_HEALTH_TABLES = ("latent_health.csv", "latent_health.md")
 LATENT_HEALTH_FIGURES = ("latent_lens.png", "latent_lens.svg")
 
 
-def audit_pages() -> list:
-    """(cell id, page path) of every audit page, the same set latentmas.report.audit.write_site writes."""
-    pages = []
-    for cid in sorted(CELLS):
-        kinds = ["correct", "incorrect"] + (["compare"] if _audit_partner(CELLS[cid], CELLS) else [])
-        pages += [(cid, f"results/audit/{cid}/{kind}.html") for kind in kinds]
-    return pages
+# (cell id, page path) of every audit page: the same set latentmas.report.audit.write_site writes
+AUDIT_PAGES = [
+    (cid, f"results/audit/{cid}/{kind}.html")
+    for cid in sorted(CELLS)
+    for kind in ("correct", "incorrect", "compare")
+    if kind != "compare" or _audit_partner(CELLS[cid], CELLS)
+]
 
 
 AUDIT_OUTPUTS = (
     [f"results/tables/{n}" for n in LATENT_HEALTH_TABLES]
     + [f"results/figures/{n}" for n in LATENT_HEALTH_FIGURES]
     + ["results/audit/index.html"]
-    + [page for _, page in audit_pages()]
+    + [page for _, page in AUDIT_PAGES]
 )
 
 
@@ -47,7 +47,7 @@ rule audit_pages:
         report("results/audit/index.html", caption="../report/audit.rst", category="Audit pages"),
         [
             report(page, caption="../report/audit.rst", category="Audit pages", subcategory=cid)
-            for cid, page in audit_pages()
+            for cid, page in AUDIT_PAGES
         ],
     log:
         "logs/audit_pages.log",
