@@ -316,3 +316,19 @@ def html_escaped(text: str) -> str:
     import html
 
     return html.escape(text)
+
+
+def test_run_trace_default_is_the_config_default():
+    """`latentmas run` without --trace traces as a config that sets nothing (summary), and a pipeline shard passes
+    its trace explicitly. Catches the runner's default drifting from the schema's (DEFAULT_TRACE is stated twice)."""
+    from latentmas.pipeline import experiment
+    from latentmas.pipeline.runner import build_parser
+
+    ns = build_parser().parse_args(["--model", "m", "--task", "gsm8k", "--method", "latent_mas", "--out", "o"])
+    cfg = experiment.validate_config({"models": {"m": {"spec": "tiny:llama"}}, "tasks": {"gsm8k": {}},
+                                      "methods": ["latent_mas"], "trace": "none"})
+    assert ns.trace == "summary" == experiment.validate_config(
+        {"models": {"m": {"spec": "tiny:llama"}}, "tasks": {"gsm8k": {}}, "methods": ["latent_mas"]})["trace"]
+    cell = next(iter(experiment.expand_cells(cfg).values()))
+    args = experiment.run_args(experiment.cell_settings(cfg, cell, 0, 1), "d", "m", "x.parquet", "a.safetensors")
+    assert args[args.index("--trace") + 1] == "none"
