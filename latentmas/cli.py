@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("latentmas.report.figures", "draw the figures from the aggregate table"),
     "check-model": ("latentmas.engine.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
     "bench": ("latentmas.pipeline.bench", "measure throughput of each method on a model"),
+    "show": ("latentmas.report.audit", "render one sample's audit page (terminal, --html, --vs another method)"),
+    "latent-health": ("latentmas.report.latent_health", "latent health table and lens figures from records"),
     "make-tiny-model": ("latentmas.engine.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
 }
 

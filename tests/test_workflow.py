@@ -22,9 +22,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = ("fetch_dataset", "fetch_model", "align", "infer", "score", "merge_cell", "aggregate", "figures", "publish",
-         "all")
-# jobs that follow from any change of cells: one aggregate, figures, publish and the `all` target
-TAIL = {"aggregate": 1, "figures": 1, "publish": 1, "all": 1}
+         "latent_health", "audit_pages", "all")
+# jobs that follow from any change of cells: one aggregate, figures, publish, latent_health, audit_pages and `all`
+TAIL = {"aggregate": 1, "figures": 1, "publish": 1, "latent_health": 1, "audit_pages": 1, "all": 1}
 
 
 def _copy_workflow(dst: Path) -> Path:
@@ -328,6 +328,10 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     smk(wd, "--configfile", tiny, "--report", "reports/report.html")
     html = (wd / "reports/report.html").read_text()
     assert "accuracy.png" in html and "settings.csv" in html and len(html) > 100_000
+    # audit pages: every cell's correct/incorrect page, latent cells side by side, all linked from the report
+    index = (wd / "results/audit/index.html").read_text()
+    assert index.count("/correct.html") == 12 and index.count("/compare.html") == 4
+    assert "Audit pages" in html and "latent_health.csv" in html and "latent_lens.png" in html
 
     # nothing left to do
     assert dry(wd, "--configfile", tiny)[0] == {}

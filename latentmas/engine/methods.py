@@ -22,6 +22,7 @@ from latentmas.contracts import MEMORY_POLICIES, METHODS  # the names live in co
 from latentmas.engine.decoding import DecodeSettings, decode
 from latentmas.engine.kv import STEP_HOOK, SequenceBatch, extend, keep_columns, left_pad, memory_columns
 from latentmas.engine.latent import LatentMapper, latent_rollout
+from latentmas.engine.lens import LatentLens
 from latentmas.engine.models import LoadedModel, encode, render_chat
 from latentmas.engine.topology import Topology
 
@@ -34,6 +35,7 @@ class MethodSettings:
     decode: DecodeSettings = DecodeSettings(max_new_tokens=512)
     agent_max_new_tokens: int | None = None  # non-final text_mas agents; None = decode.max_new_tokens
     think: bool | str | None = None  # a latentmas.engine.models.THINK_MODES value (bools: on/off; None: model)
+    trace: str = "none"  # none | summary | full: latent lens + rendered prompts in the record (engine/lens.py)
 
 
 @dataclass
@@ -100,20 +102,23 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
     texts: list[dict[str, str]] = [{} for _ in samples]
     shared = SequenceBatch.empty(lm.model, bsz, lm.device) if settings.method == "latent_mas" else None
     mode = {"baseline": "none", "text_mas": "text", "latent_mas": "latent"}[settings.method]
+    tracing = settings.trace != "none"
+    lens = LatentLens(lm.model, tok, settings.trace) if tracing and settings.method == "latent_mas" else None
 
     for a_idx, agent in enumerate(topo.agents):
         t0 = time.perf_counter()
-        prompts = [
-            encode(tok, render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
-                                    settings.think))
-            for i, s in enumerate(samples)
-        ]
+        rendered = [render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
+                                settings.think) for i, s in enumerate(samples)]
+        prompts = [encode(tok, r) for r in rendered]
         gens = None if settings.decode.greedy else _generators(samples, a_idx, lm.device)
         if settings.method == "latent_mas" and not agent.final:
             ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
             hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
-            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive)
-            wall = (time.perf_counter() - t0) / bsz
+            observer = lens.recorder(bsz, agent.name) if lens is not None and settings.latent_steps else None
+            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive,
+                                      observer=observer)
+            lensed = observer.finish(trace.norms) if observer is not None else None
+            wall = (time.perf_counter() - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
             for i in range(bsz):
                 failed = trace.failed_at[i]
                 if failed is not None and alive[i]:
@@ -122,6 +127,10 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
                 outs[i].agents.append(_agent_record(
                     agent.name, len(prompts[i]), settings.latent_steps, 0, wall, None,
                     {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
+                if lensed is not None:
+                    outs[i].agents[-1]["latent"]["lens"] = lensed[i]
+                if tracing:
+                    outs[i].agents[-1]["prompt"] = rendered[i]
             continue
 
         if settings.method == "latent_mas":
@@ -146,6 +155,8 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
             texts[i][agent.name] = text
             outs[i].agents.append(_agent_record(agent.name, len(prompts[i]), 0, len(res.tokens[i]), wall,
                                                 text if settings.method == "text_mas" else None, None))
+            if tracing:
+                outs[i].agents[-1]["prompt"] = rendered[i]
             if agent.final:
                 outs[i].final_text = text
     return outs

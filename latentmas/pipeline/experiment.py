@@ -235,7 +235,7 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
     s["max_new_tokens"] = t.get("max_new_tokens", dec["max_new_tokens"])
     if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
         s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
-    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"])
+    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg["trace"])
     return s
 
 
@@ -256,7 +256,8 @@ RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent
                "top_k": "--top-k", "min_p": "--min-p", "repetition_penalty": "--repetition-penalty",
                "prompt_style": "--prompt-style", "chat_template": "--chat-template",
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
-               "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None}
+               "think": "--think", "dtype": "--dtype", "device": "--device", "trace": "--trace", "realign": None,
+               "greedy": None}
 
 
 def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: str | None) -> list[str]:

@@ -35,6 +35,7 @@ from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCH
 from latentmas.engine.decoding import DecodeSettings
 from latentmas.contracts import MEMORY_POLICIES, METHODS
 from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
 from latentmas.records import RecordWriter, repair
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--settings", default=None,
                     help="YAML/JSON file of option values (keys as the long options, '-' or '_'); flags override")
+    ap.add_argument("--trace", choices=TRACE_LEVELS, default=DEFAULT_TRACE,
+                    help="latent lens + rendered prompts in each record (docs/DESIGN.md); none = no per-step work")
     ap.add_argument("--out", required=True)
     ap.set_defaults(**run_defaults())  # the same defaults as the pipeline config (latentmas.pipeline.defaults)
     return ap
@@ -325,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     settings = MethodSettings(
         method=method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
         decode=decode_settings(args.max_new_tokens, args.greedy, sampling),
-        agent_max_new_tokens=args.agent_max_new_tokens, think=think,
+        agent_max_new_tokens=args.agent_max_new_tokens, think=think, trace=args.trace,
     )
     versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version()}
     import transformers
@@ -363,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
                            "total": prompt + latent + generated},
                 "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
                 "device": device_desc, "batch_size": args.batch_size, "versions": versions,
+                **({"question": s.question} if args.trace != "none" else {}),
             }
 
         def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:
