@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import polars as pl
 
 from latentmas.records import atomic_path, read_records
+from latentmas.report.control_labels import control_label
 from latentmas.report.stats import mean_sd, t_interval, wilson_interval
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ METHOD_LABEL = {"baseline": "Single", "text_mas": "TextMAS", "latent_mas": "Late
 TASK_ORDER = ("gsm8k", "aime2024", "aime2025", "gpqa_diamond", "medqa", "arc_easy", "arc_challenge", "mbppplus",
               "humanevalplus")
 ARCH_ORDER = ("sequential", "hierarchical")
-CELL_KEY = ("model", "task", "method", "arch", "latent_steps", "realign", "memory")
+CELL_KEY = ("model", "task", "method", "arch", "latent_steps", "realign", "memory", "control")
 TOKEN_KINDS = ("prompt", "latent", "generated", "total")
 STATUSES = ("ok", "failed")
 # run settings that are not part of the cell key but change results: all records of one cell must agree on them
@@ -57,6 +58,7 @@ CELL_SCHEMA: dict[str, Any] = {
     "latent_steps": pl.Int64,
     "realign": pl.Boolean,
     "memory": pl.String,
+    "control": pl.String,  # docs/CONTROLS.md; null for the methods themselves
     "n_seeds": pl.Int64,
     "seeds": pl.List(pl.Int64),
     "n_samples": pl.Int64,
@@ -229,7 +231,10 @@ def _validate(rec: Any, where_fn) -> Sample:
     if not ok:  # a failed sample's partial cost is not averaged (see TABLES.md); keep only its correctness
         tokens, wall = None, None
 
-    key = (rec["model"], rec["task"], method, arch, latent_steps, realign, memory)
+    control = rec.get("control")  # absent in records written before controls existed
+    if control is not None and (method != "latent_mas" or not isinstance(control, str) or not control):
+        fail("control", f"must be null or a non-empty string on a latent_mas record, got {control!r}")
+    key = (rec["model"], rec["task"], method, arch, latent_steps, realign, memory, control)
     return Sample(key=key, seed=seed, sample_id=rec["sample_id"], ok=ok, correct=correct, tokens=tokens,
                   wall_s=wall)
 
@@ -289,7 +294,7 @@ def order_rank(value: Any, order: Sequence[str]) -> tuple:
 
 
 def cell_sort_key(key: tuple) -> tuple:
-    model, task, method, arch, latent_steps, realign, memory = key
+    model, task, method, arch, latent_steps, realign, memory, control = key
     return (
         model,
         order_rank(task, TASK_ORDER),
@@ -298,6 +303,7 @@ def cell_sort_key(key: tuple) -> tuple:
         -1 if latent_steps is None else latent_steps,
         0 if realign is None else (1 if realign else 2),  # realign on before off
         (0, "") if memory is None else ((1, "") if memory == "all" else (2, memory)),
+        "" if control is None else control,  # the method itself before its controls
     )
 
 
@@ -442,10 +448,12 @@ def _variant(row: dict[str, Any]) -> str:
     parts = []
     if row["method"] == "latent_mas":
         parts.append(f"m={row['latent_steps']}")
-        if row["realign"] is False:
+        if row["realign"] is False and "map_random" not in (row.get("control") or ""):
             parts.append("no realign")
     if row["memory"] not in (None, "all"):
         parts.append(f"memory={row['memory']}")
+    if row.get("control"):
+        parts.append(control_label(row["control"]))
     return ", ".join(parts)
 
 

@@ -28,6 +28,7 @@ import polars as pl
 
 from latentmas.report.aggregate import ARCH_ORDER, CELL_KEY, TASK_ORDER, cell_sort_key, config_label, order_rank
 from latentmas.records import atomic_path
+from latentmas.report.control_labels import control_label
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def latent_step_sweeps(cells: list[dict[str, Any]]) -> dict[tuple, list[dict[str
     for r in cells:
         if r["method"] != "latent_mas" or r["latent_steps"] is None:
             continue
-        key = (r["model"], r["task"], r["arch"], r["realign"], r["memory"])
+        key = (r["model"], r["task"], r["arch"], r["realign"], r["memory"], r.get("control"))
         groups.setdefault(key, []).append(r)
     sweeps = {}
     for key, rows in groups.items():
@@ -295,7 +296,7 @@ def draw_latent_steps(cells: list[dict[str, Any]]) -> Figure:
         return fig
     models = sorted({k[0] for k in sweeps})
     series = sorted({k[1:] for k in sweeps}, key=lambda s: (order_rank(s[0], TASK_ORDER), order_rank(s[1], ARCH_ORDER),
-                                                           s[2] is False, str(s[3])))
+                                                           s[2] is False, str(s[3]), str(s[4])))
     fig = _new_figure(7.0, 0.8 + 2.6 * len(models))
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
     handles = {}
@@ -326,8 +327,9 @@ def draw_latent_steps(cells: list[dict[str, Any]]) -> Figure:
         ax.grid(True, axis="x", linewidth=0.4, alpha=0.5)
 
     def label(s: tuple) -> str:
-        task, arch, realign, memory = s
+        task, arch, realign, memory, control = s
         extra = ([] if realign else ["no realign"]) + ([] if memory in (None, "all") else [f"memory={memory}"])
+        extra += [control_label(control)] if control else []
         return f"{task} · {arch}" + (f" ({', '.join(extra)})" if extra else "")
 
     order = sorted(handles)

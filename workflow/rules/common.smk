@@ -54,7 +54,7 @@ def shard_names(task: str) -> list:
 
 
 def models_needing_align() -> list:
-    return sorted({c["model"] for c in CELLS.values() if c["method"] == "latent_mas" and c["realign"]})
+    return sorted({c["model"] for c in CELLS.values() if c["method"] == "latent_mas" and _experiment.needs_align(c)})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def table_output(name):
 def infer_inputs(wc) -> dict:
     c = cell_of(wc)
     ins = {"model": model_sentinel(c["model"]), "data": data_file(c["task"])}
-    if c["method"] == "latent_mas" and c["realign"]:
+    if c["method"] == "latent_mas" and _experiment.needs_align(c):
         ins["align"] = align_file(c["model"])
     return ins
 
