@@ -27,6 +27,7 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/significance.smk"
 include: "workflow/rules/figures.smk"
 
 
@@ -36,11 +37,13 @@ localrules:
     fetch_model,
     merge_cell,
     aggregate,
+    significance,
+    publish_significance,
     figures,
     publish,
 
 
 rule all:
     input:
-        PUBLISHED,
+        PUBLISHED + SIGNIFICANCE_PUBLISHED,
     default_target: True
