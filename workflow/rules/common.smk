@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the package from this checkou
 #      `latentmas run --config FILE --cell ID` sees exactly the cells and settings the pipeline runs.
 #      Cell id = {model}/{task}/{variant}/seed{seed}; variant = baseline | text_mas-{arch} |
 #      latent_mas-{arch}-k{steps}-{realign|norealign}[-mem_{memory}]  (memory suffix only when not "all")
+#      [-{control}]  (controls beside latent_mas cells: docs/CONTROLS.md)
 # ---------------------------------------------------------------------------------------------------------------------
 from latentmas.pipeline import experiment as _experiment
 
