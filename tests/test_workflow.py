@@ -351,22 +351,24 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     # nothing left to do
     assert dry(wd, "--configfile", tiny)[0] == {}
 
-    # latent_steps of one model: only that model's latent_mas cells (gsm8k 2 shards + arc_easy 1) and the tail
+    # latent_steps of one model: only that model's latent_mas cells and their no-transfer controls (gsm8k 2 shards +
+    # arc_easy 1, each twice) and the tail
     k3 = write_config(wd, "k3.yaml", tiny, lambda c: c["models"]["tiny-llama"].update(latent={"steps": [3]}))
     stats, text = dry(wd, "--configfile", k3)
-    assert stats == {"infer": 3, "score": 3, "merge_cell": 2, **TAIL}
+    assert stats == {"infer": 6, "score": 6, "merge_cell": 4, **TAIL}
     assert all("tiny-llama" in o and "-k3-" in o for o in re.findall(r"output: (results/infer/\S+)", text))
 
-    # one more seed: only the new seed's cells (2 models x 2 tasks x 3 methods; 3 shards per model x method)
+    # one more seed: only the new seed's cells (2 models x 2 tasks x (3 methods + 1 control); 3 shards per model x
+    # method)
     s2 = write_config(wd, "s2.yaml", tiny, lambda c: c.update(seeds=[0, 1]))
     stats, text = dry(wd, "--configfile", s2)
-    assert stats == {"infer": 18, "score": 18, "merge_cell": 12, **TAIL}
+    assert stats == {"infer": 24, "score": 24, "merge_cell": 16, **TAIL}
     assert all("/seed1/" in o for o in re.findall(r"output: (results/\S+)", text) if o.startswith("results/infer"))
 
     # a task's max_new_tokens: only that task's cells
     t = write_config(wd, "arc.yaml", tiny, lambda c: c["tasks"]["arc_easy"].update(max_new_tokens=7))
     stats, _ = dry(wd, "--configfile", t)
-    assert stats == {"infer": 6, "score": 6, "merge_cell": 6, **TAIL}
+    assert stats == {"infer": 8, "score": 8, "merge_cell": 8, **TAIL}
 
 
 # ------------------------------------------------------------------------------------------------------------- docs
