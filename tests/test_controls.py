@@ -112,29 +112,46 @@ def test_matched_budget_equals_the_teams_total_latent_steps(tiny_lm, arch):
     assert matched_latent_budget(topo, 3) == total == 3 * (len(topo.agents) - 1)
     assert [a["name"] for a in single.agents] == [topo.final_agent.name]
     assert single.agents[0]["latent_steps"] == total and len(single.agents[0]["latent"]["norms"]) == total
-    assert single.agents[0]["input_tokens"] == len(_final_prompt(lm, topo, s))
+    assert single.agents[0]["input_tokens"] == 2 * len(_final_prompt(lm, topo, s))  # read before and after thinking
     assert single.error is None
 
 
-def test_matched_single_answers_from_its_last_latent_state(tiny_lm):
-    """Catches answering from the wrong place (the prompt's last token, ignoring the thoughts): the first answer token
-    is the argmax of the full model's forward over prompt + the latent embeddings the agent fed itself."""
-    lm = tiny_lm("llama")
+def _greedy_from_embeds(lm, emb, n):
+    """Greedy tokens by full forwards over ``emb`` ([1, T, d]) + the tokens chosen so far (independent of the cache)."""
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(lm.model(inputs_embeds=emb).logits[0, -1].argmax())
+            if nxt in lm.eos_token_ids:
+                break
+            out.append(nxt)
+            emb = torch.cat([emb, lm.model.get_input_embeddings()(torch.tensor([[nxt]]))], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_matched_single_answers_after_rereading_its_prompt(tiny_lm, arch):
+    """Catches answering without the thoughts (prompt only) or from the wrong place: the answer is the full model's
+    greedy continuation of prompt + the latent embeddings the agent fed itself + the prompt again."""
+    lm = tiny_lm(arch)
     topo = load_topology("sequential")
     s = _inputs(1)[0]
     mapper = _mapper(lm)
-    out = run_batch(lm, topo, [s], _settings(steps=1, max_new=1, single_matched=True), mapper)[0]
+    out = run_batch(lm, topo, [s], _settings(steps=1, max_new=4, single_matched=True), mapper)[0]
     ids = torch.tensor([_final_prompt(lm, topo, s)])
-    emb = lm.model.get_input_embeddings()(ids)
+    prompt_emb = lm.model.get_input_embeddings()(ids)
+    emb = prompt_emb
     with torch.no_grad():
         for _ in range(3):  # budget = 1 step x 3 non-final agents
             h = lm.model.base_model(inputs_embeds=emb).last_hidden_state[:, -1, :]
             vec, _ = mapper(h)
             emb = torch.cat([emb, vec[:, None, :]], dim=1)
-        logits = lm.model(inputs_embeds=emb).logits[0, -1]
-    first = int(logits.argmax())
-    expect = "" if first in lm.eos_token_ids else lm.tokenizer.decode([first], skip_special_tokens=True)
-    assert out.final_text == expect
+        thought = lm.model(inputs_embeds=torch.cat([emb, prompt_emb], dim=1)).logits[0, -1]
+        plain = lm.model(input_ids=ids).logits[0, -1]
+    assert not torch.allclose(thought, plain, atol=1e-3)  # the thoughts change what the agent reads
+    ref = _greedy_from_embeds(lm, torch.cat([emb, prompt_emb], dim=1), 4)
+    assert out.final_text == lm.tokenizer.decode(ref, skip_special_tokens=True)
+    assert out.agents[0]["input_tokens"] == 2 * ids.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

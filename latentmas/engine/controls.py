@@ -10,7 +10,7 @@ The latent_mas loop in :mod:`latentmas.engine.methods` calls three things from h
   budget (keep a share of the handed-over positions by a named rule), or nothing at all (``transfer=False``, the
   no-transfer control). It also measures what was handed over: positions and bytes of kept cache per sample.
 * :func:`run_single_matched` -- the single agent with the team's latent budget: the final agent's prompt thinks
-  :func:`matched_latent_budget` steps on its own and answers.
+  :func:`matched_latent_budget` steps on its own, then reads its prompt again on top of that and answers.
 
 Budgets select *per sample* (each sample has its own real positions and scores): columns no sample keeps are removed
 from the cache, and positions only some samples keep are masked out for the others, so a sample's kept set -- and its
@@ -141,32 +141,20 @@ def final_view(lm, shared: SequenceBatch, policy: str, ctl: MemoryControl, previ
                   for h, k in zip(handed, kept)]
 
 
-def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Vocabulary logits from a final-norm hidden state ([B, d]), as the model's own forward computes them."""
-    logits = model.get_output_embeddings()(hidden)
-    cfg = getattr(model.config, "get_text_config", lambda: model.config)()
-    cap = getattr(cfg, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def run_single_matched(lm, prompts: list[list[int]], budget: int, mapper, settings, name: str, gens,
                        alive: torch.Tensor):
-    """One agent: read its prompt, think ``budget`` latent steps, then decode the answer from the last latent state.
+    """One agent: read its prompt, think ``budget`` latent steps, then read its prompt again and answer.
 
-    Returns (decode result, rollout trace or None, wall seconds per sample).
+    The second reading mirrors the final latent_mas agent, which reads its prompt on top of the memory (here: its own
+    prompt and thoughts) and decodes from a real token; decoding straight from the last latent state makes a real
+    model stop at once (Qwen2.5-Coder-0.5B emitted end-of-turn as its first token). Returns (decode result, rollout
+    trace, wall seconds per sample).
     """
     t0 = time.perf_counter()
     batch = SequenceBatch.empty(lm.model, len(prompts), lm.device)
     ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
-    trace = None
-    if budget > 0:
-        hidden = extend(lm.model, batch, mask, input_ids=ids, want="hidden", agent=name, kind="prompt")
-        hidden, trace = latent_rollout(lm.model, batch, hidden, budget, mapper, name, alive)
-        with torch.no_grad():
-            logits = head_logits(lm.model, hidden)
-    else:
-        logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
+    hidden = extend(lm.model, batch, mask, input_ids=ids, want="hidden", agent=name, kind="prompt")
+    _, trace = latent_rollout(lm.model, batch, hidden, budget, mapper, name, alive)
+    logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
     res = decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive)
     return res, trace, (time.perf_counter() - t0) / len(prompts)

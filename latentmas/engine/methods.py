@@ -90,15 +90,16 @@ def _run_single_matched(lm, topo, samples, settings, mapper, prompts, alive) -> 
                                                    alive)
     outs = [SampleOutput() for _ in samples]
     for i, o in enumerate(outs):
-        failed = None if trace is None else trace.failed_at[i]
+        failed = trace.failed_at[i]
         if failed is not None:
             o.error = f"non-finite latent at agent {final.name} step {failed}"
         elif res.nonfinite_at[i] is not None:
             o.error = f"non-finite logits at agent {final.name} token {res.nonfinite_at[i]}"
-        latent = None if trace is None else {"norms": [round(x, 6) for x in trace.norms[i]],
-                                             "nonfinite": failed is not None}
+        latent = {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}
         o.final_text = lm.tokenizer.decode(res.tokens[i], skip_special_tokens=True)
-        o.agents.append(_agent_record(final.name, len(prompts[i]), budget, len(res.tokens[i]), wall, None, latent))
+        # input tokens: the prompt is read twice (before and after thinking)
+        o.agents.append(_agent_record(final.name, 2 * len(prompts[i]), budget, len(res.tokens[i]), wall, None,
+                                      latent))
     return outs
 
 
