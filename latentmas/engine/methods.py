@@ -18,7 +18,7 @@ team's latent budget (``single_matched``); mapper variants are just another matr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -40,7 +40,7 @@ class MethodSettings:
     memory: str = "all"
     decode: DecodeSettings = DecodeSettings(max_new_tokens=512)
     agent_max_new_tokens: int | None = None  # non-final text_mas agents; None = decode.max_new_tokens
-    think: bool | None = None
+    think: bool | str | None = None  # a latentmas.engine.models.THINK_MODES value (bools: on/off; None: model)
     control: controls.MemoryControl = controls.MemoryControl()  # what the final latent_mas agent inherits
     single_matched: bool = False  # control: only the final agent's prompt, thinking the team's total latent steps
 
@@ -166,7 +166,7 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
         limit = settings.decode.max_new_tokens
         if not agent.final and settings.agent_max_new_tokens is not None:
             limit = settings.agent_max_new_tokens
-        dec_settings = DecodeSettings(limit, settings.decode.greedy, settings.decode.temperature, settings.decode.top_p)
+        dec_settings = replace(settings.decode, max_new_tokens=limit)  # every sampling knob passes through
         res = _decode_agent(lm, batch, prompts, dec_settings, agent.name, gens, alive)
         wall = (time.perf_counter() - t0) / bsz
         for i in range(bsz):
