@@ -27,6 +27,7 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/significance.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/audit.smk"
 
@@ -37,6 +38,8 @@ localrules:
     fetch_model,
     merge_cell,
     aggregate,
+    significance,
+    publish_significance,
     figures,
     publish,
     latent_health,
@@ -45,6 +48,6 @@ localrules:
 
 rule all:
     input:
-        PUBLISHED,
+        PUBLISHED + SIGNIFICANCE_PUBLISHED,
         AUDIT_OUTPUTS,
     default_target: True
