@@ -475,7 +475,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "aggregate"
 def test_outputs_match_the_committed_golden_tables(tmp_path, monkeypatch):
     """Refactors keep every table byte-identical: the golden outputs are those of the pre-polars aggregator
     (commit 44d6e03; since then only the unit renamed cell -> setting, wide sections split per model and main's
-    accuracy_strict column added -- CSVs byte-identical to main's loop-based aggregator at each step) from tests/golden/aggregate/scored.jsonl (tests/golden/make_scored.py: 2 models, numeric,
+    accuracy_strict column added, the control key column added (null on these records) -- CSVs byte-identical to main's loop-based aggregator at each step) from tests/golden/aggregate/scored.jsonl (tests/golden/make_scored.py: 2 models, numeric,
     choice, code and unknown tasks, all methods and archs, sweeps, failures, an ambiguous TextMAS reference). Catches
     any change of a number's last bit, of the row order, of a label or of the Markdown layout."""
     monkeypatch.chdir(GOLDEN.parent.parent.parent)  # summary.json records the input path as given

@@ -63,7 +63,7 @@ def test_no_transfer_final_agent_attends_to_zero_predecessor_positions(tiny_lm):
     topo = load_topology("sequential")
     samples = _inputs(2)
     seen, observe = _observe()
-    outs = run_batch(lm, topo, samples, _settings(control=MemoryControl(transfer=False)), _mapper(lm), observe)
+    outs = run_batch(lm, topo, samples, _settings(control=MemoryControl(transfer=False)), _mapper(lm), observe=observe)
     final = seen[topo.final_agent.name]
     assert final.length == 0 and final.segments == [] and final.cache.get_seq_length() == 0
     assert int(final.next_position.max()) == 0  # a fresh agent: positions start at 0
@@ -85,7 +85,7 @@ def test_full_transfer_records_what_was_handed_over(tiny_lm):
     lm = tiny_lm("qwen2")
     topo = load_topology("sequential")
     seen, observe = _observe()
-    out = run_batch(lm, topo, _inputs(1), _settings(), _mapper(lm), observe)[0]
+    out = run_batch(lm, topo, _inputs(1), _settings(), _mapper(lm), observe=observe)[0]
     cfg = lm.model.config
     per_pos = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
     mem = out.agents[-1]["memory"]
@@ -200,7 +200,7 @@ def test_every_map_gets_the_same_norm_rescale(tiny_lm):
 
 def _shared_cache(lm, topo, samples, memory="all"):
     seen, observe = _observe()
-    run_batch(lm, topo, samples, _settings(steps=3, memory=memory, max_new=1), _mapper(lm), observe)
+    run_batch(lm, topo, samples, _settings(steps=3, memory=memory, max_new=1), _mapper(lm), observe=observe)
     return seen[topo.final_agent.name]
 
 
@@ -291,9 +291,9 @@ def test_each_scope_truncates_where_it_says(tiny_lm, memory):
     s = _inputs(1)
     mapper = _mapper(lm)
     seen_f, obs_f = _observe()
-    run_batch(lm, topo, s, _settings(memory=memory, control=MemoryControl(scope="final")), mapper, obs_f)
+    run_batch(lm, topo, s, _settings(memory=memory, control=MemoryControl(scope="final")), mapper, observe=obs_f)
     seen_h, obs_h = _observe()
-    run_batch(lm, topo, s, _settings(memory=memory, control=MemoryControl(scope="handoff")), mapper, obs_h)
+    run_batch(lm, topo, s, _settings(memory=memory, control=MemoryControl(scope="handoff")), mapper, observe=obs_h)
     assert _agents_in(seen_f["refiner"]) == [("planner", "prompt"), ("planner", "latent"), ("critic", "prompt"),
                                              ("critic", "latent")]
     kinds = ("prompt", "latent") if memory == "previous" else ("latent",)
