@@ -14,7 +14,7 @@ memory here; we do not — see docs/ENGINE.md).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -72,7 +72,16 @@ def _decode_agent(lm: LoadedModel, batch: SequenceBatch, prompts: list[list[int]
                   name: str, gens, alive: torch.Tensor):
     ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
     logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
-    return decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive)
+    return decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive,
+                  context_ids=ids, context_mask=mask)
+
+
+def _synced_clock(device: torch.device) -> float:
+    """perf_counter after the device finished its queued work: CUDA kernels run asynchronously, so a wall time read
+    without a sync would bill one agent's compute to the next."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
@@ -93,7 +102,7 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
     mode = {"baseline": "none", "text_mas": "text", "latent_mas": "latent"}[settings.method]
 
     for a_idx, agent in enumerate(topo.agents):
-        t0 = time.perf_counter()
+        t0 = _synced_clock(lm.device)
         prompts = [
             encode(tok, render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
                                     settings.think))
@@ -104,7 +113,7 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
             ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
             hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
             _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive)
-            wall = (time.perf_counter() - t0) / bsz
+            wall = (_synced_clock(lm.device) - t0) / bsz
             for i in range(bsz):
                 failed = trace.failed_at[i]
                 if failed is not None and alive[i]:
@@ -126,9 +135,9 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
         limit = settings.decode.max_new_tokens
         if not agent.final and settings.agent_max_new_tokens is not None:
             limit = settings.agent_max_new_tokens
-        dec_settings = DecodeSettings(limit, settings.decode.greedy, settings.decode.temperature, settings.decode.top_p)
+        dec_settings = replace(settings.decode, max_new_tokens=limit)
         res = _decode_agent(lm, batch, prompts, dec_settings, agent.name, gens, alive)
-        wall = (time.perf_counter() - t0) / bsz
+        wall = (_synced_clock(lm.device) - t0) / bsz
         for i in range(bsz):
             text = tok.decode(res.tokens[i], skip_special_tokens=True)
             if res.nonfinite_at[i] is not None and alive[i]:
