@@ -28,6 +28,7 @@ include: "workflow/rules/infer.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/bench.smk"
 
 
 localrules:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aggregate": ("latentmas.report.aggregate", "aggregate scored records into tidy and paper-style tables"),
     "figures": ("latentmas.report.figures", "draw the figures from the aggregate table"),
     "check-model": ("latentmas.engine.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
-    "bench": ("latentmas.pipeline.bench", "measure throughput of each method on a model"),
+    "bench": ("latentmas.bench.cli", "measure step costs, end to end, batch scaling, memory and W_a of a model"),
     "make-tiny-model": ("latentmas.engine.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
 }
 
