@@ -2,8 +2,8 @@
 
 Parts (each can be skipped): step costs (latent vs decode step at several context lengths and batch sizes),
 end to end per method and architecture on the same samples (interleaved, repeated), batch scaling, W_a (fresh
-computation from the weight files, cached load). Writes ``bench.json`` (with the ``summary`` of target ratios),
-``bench.md`` and ``bench.png`` to ``--out-dir``. Timing targets live here, never in unit tests.
+computation from the weight files, cached load). Writes ``NAME.json`` (with the ``summary`` of target ratios),
+``NAME.md`` and ``NAME.png`` to ``--out-dir`` (``--name``, default ``bench``). Timing targets live here, never in unit tests.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="latentmas bench", description=__doc__.splitlines()[0])
     ap.add_argument("model", help="model folder")
-    ap.add_argument("--out-dir", default="reports/bench", help="bench.json, bench.md, bench.png go here")
+    ap.add_argument("--out-dir", default="reports/bench", help="NAME.json, NAME.md, NAME.png go here")
+    ap.add_argument("--name", default="bench", help="file stem of the outputs (the committed snapshot: latest)")
     ap.add_argument("--task", default="gsm8k")
     ap.add_argument("--methods", default="baseline,text_mas,latent_mas")
     ap.add_argument("--archs", default="sequential,hierarchical")
@@ -107,7 +108,7 @@ def cli_main(argv: list[str]) -> int:
         return 2
     on_gpu = lm.device.type == "cuda"
     result: dict = {"environment": report.environment(lm, args.model), "settings": {
-        k: v for k, v in vars(args).items() if k not in {"model", "out_dir", "reference_json"}}}
+        k: v for k, v in vars(args).items() if k not in {"model", "out_dir", "name", "reference_json"}}}
     wa = _w_a(lm, args.model, str(lm.device))  # also the W_a every latent measurement uses
     if "w_a" not in skip:
         result["w_a"] = {k: v for k, v in wa.items() if k != "al"}
@@ -135,7 +136,7 @@ def cli_main(argv: list[str]) -> int:
     if args.reference_json:
         result["reference"] = json.loads(Path(args.reference_json).read_text())
     result["summary"] = report.summarise(result, on_gpu)
-    paths = report.write(result, Path(args.out_dir))
+    paths = report.write(result, Path(args.out_dir), args.name)
     print(report.markdown(result))
     print("wrote " + ", ".join(map(str, paths)))
     return 0

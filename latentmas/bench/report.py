@@ -171,11 +171,11 @@ def figure(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write(result: dict, out_dir: Path) -> list[Path]:
+def write(result: dict, out_dir: Path, name: str = "bench") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     from latentmas.records import atomic_path
 
-    paths = [out_dir / "bench.json", out_dir / "bench.md", out_dir / "bench.png"]
+    paths = [out_dir / f"{name}.{ext}" for ext in ("json", "md", "png")]
     with atomic_path(paths[0]) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
     with atomic_path(paths[1]) as tmp:
