@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--reference-json", default=None,
                     help="the original implementation's timing, {\"method\", \"samples_per_s\", \"batch_size\"} "
                          "(recipe in docs/BENCH.md); adds over_reference_samples_per_s")
+    ap.add_argument("--align-file", default=None,
+                    help="with --skip w_a: the cached W_a to use instead of computing one (e.g. results/align/M...)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -109,10 +111,15 @@ def cli_main(argv: list[str]) -> int:
     on_gpu = lm.device.type == "cuda"
     result: dict = {"environment": report.environment(lm, args.model), "settings": {
         k: v for k, v in vars(args).items() if k not in {"model", "out_dir", "name", "reference_json"}}}
-    wa = _w_a(lm, args.model, str(lm.device))  # also the W_a every latent measurement uses
-    if "w_a" not in skip:
-        result["w_a"] = {k: v for k, v in wa.items() if k != "al"}
-    al = wa["al"]
+    if "w_a" in skip and args.align_file:
+        from latentmas.engine.alignment import load_or_compute
+
+        al = load_or_compute(lm.model, args.align_file, model_path=args.model)
+    else:
+        wa = _w_a(lm, args.model, str(lm.device))  # also the W_a every latent measurement uses
+        if "w_a" not in skip:
+            result["w_a"] = {k: v for k, v in wa.items() if k != "al"}
+        al = wa["al"]
     mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
     if "steps" not in skip:
         result["step_costs"] = measure.step_costs(lm, mapper, _ints(args.contexts), _ints(args.step_batch_sizes),
