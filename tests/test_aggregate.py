@@ -464,3 +464,18 @@ def test_cell_mixing_run_settings_is_an_error(tmp_path, capsys):
     err = _error(tmp_path, [r1, r2], capsys)
     assert f"{tmp_path / 'bad.jsonl'}:2" in err and "'max_new_tokens'" in err and "1024" in err
     assert f"{tmp_path / 'bad.jsonl'}:1" in err and "must not be pooled" in err
+
+
+def test_strict_accuracy_column_only_when_every_record_has_it(tmp_path):
+    """`accuracy_strict` is the share of `strict_correct` (scoring.extraction: both), independent of `correct`, and
+    null for a cell where any record lacks it. Catches: the column copying `accuracy`, or averaging over a partial
+    set of strictly scored records."""
+    both = [dict(rec("m1", "gsm8k", "baseline", 0, i, c), extraction="both", strict_correct=(i < 2))
+            for i, c in enumerate(pattern(7))]
+    partial = [rec("m1", "arc_easy", "baseline", 0, i, c) for i, c in enumerate(pattern(5))]
+    partial[0] = dict(partial[0], extraction="both", strict_correct=True)
+    samples, _ = agg.load_samples([write_jsonl(tmp_path / "a.jsonl", both + partial)])
+    cells, _ = agg.compute_tables(samples)
+    by_task = {c["task"]: c for c in cells}
+    assert by_task["gsm8k"]["accuracy"] == 0.7 and by_task["gsm8k"]["accuracy_strict"] == 0.2
+    assert by_task["arc_easy"]["accuracy_strict"] is None

@@ -72,8 +72,21 @@ def test_target_norm_is_what_gemma_actually_sees(tiny_lm):
 
 
 def test_untied_head_is_used(tiny_lm):
+    """The engine's logits (production ``extend(want="logits")``) are the final hidden state times the *untied*
+    lm_head, computed here independently. Catches: logits through the input embeddings (a tied-head assumption), or
+    the fixture silently tied (then the two heads below would agree)."""
     lm = tiny_lm("qwen2")
-    assert lm.model.get_output_embeddings().weight.data_ptr() != lm.model.get_input_embeddings().weight.data_ptr()
+    w_out = lm.model.get_output_embeddings().weight.detach()
+    w_in = lm.model.get_input_embeddings().weight.detach()
+    assert w_out.data_ptr() != w_in.data_ptr() and not torch.allclose(w_out, w_in)
+    ids = encode(lm.tokenizer, render_chat(lm.tokenizer, [{"role": "user", "content": "Which head?"}]))
+    batch = SequenceBatch.empty(lm.model, 1, lm.device)
+    p_ids, p_mask = left_pad([ids], lm.pad_token_id, lm.device)
+    logits = extend(lm.model, batch, p_mask, input_ids=p_ids, want="logits")[0]
+    with torch.no_grad():
+        h = lm.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    torch.testing.assert_close(logits, h @ w_out.T, rtol=1e-4, atol=1e-4)
+    assert (logits - h @ w_in.T).abs().max() > 1e-2 * logits.abs().max()
 
 
 def test_alignment_file_is_reused_and_keyed_by_weights_and_lambda(tiny_lm, tmp_path, monkeypatch):

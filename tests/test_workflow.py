@@ -316,6 +316,29 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     assert len(merged) == 2
     assert not list((wd / "results/infer").rglob("*.partial*"))
 
+    # acceptance (issue 12): `latentmas run --config --cell --shard` by hand = the pipeline's infer job, record for
+    # record; only the measured timings/memory may differ. Catches: run defaults differing from the config's, or a
+    # setting the pipeline passes that --config/--cell does not (or the reverse).
+    import json
+
+    cell, shard = "tiny-qwen2/gsm8k/latent_mas-sequential-k2-realign/seed0", "1/2"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-m", "latentmas.cli", "run", "--config", tiny, "--cell", cell, "--shard", shard,
+                    "--out", "by_hand.jsonl"], cwd=wd, env=env, check=True, capture_output=True, timeout=600)
+
+    def untimed(line: str) -> str:
+        rec = json.loads(line)
+        for key in ("wall_s", "peak_mem_mb"):
+            rec.pop(key)
+        for agent in rec["agents"]:
+            agent.pop("wall_s")
+        return json.dumps(rec, sort_keys=True)
+
+    by_hand = (wd / "by_hand.jsonl").read_text().splitlines()
+    piped = (wd / f"results/infer/{cell}/shard-1-of-2.jsonl").read_text().splitlines()
+    assert len(by_hand) == len(piped) == 1
+    assert [untimed(x) for x in by_hand] == [untimed(x) for x in piped]
+
     smk(wd, "--configfile", tiny, "--report", "reports/report.html")
     html = (wd / "reports/report.html").read_text()
     assert "accuracy.png" in html and "cells.csv" in html and len(html) > 100_000

@@ -35,7 +35,7 @@ class MethodSettings:
     memory: str = "all"
     decode: DecodeSettings = DecodeSettings(max_new_tokens=512)
     agent_max_new_tokens: int | None = None  # non-final text_mas agents; None = decode.max_new_tokens
-    think: bool | None = None
+    think: bool | str | None = None  # a latentmas.engine.models.THINK_MODES value (bools: on/off; None: model)
 
 
 @dataclass
@@ -135,7 +135,7 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
         limit = settings.decode.max_new_tokens
         if not agent.final and settings.agent_max_new_tokens is not None:
             limit = settings.agent_max_new_tokens
-        dec_settings = replace(settings.decode, max_new_tokens=limit)
+        dec_settings = replace(settings.decode, max_new_tokens=limit)  # every sampling knob passes through
         res = _decode_agent(lm, batch, prompts, dec_settings, agent.name, gens, alive)
         wall = (_synced_clock(lm.device) - t0) / bsz
         for i in range(bsz):

@@ -64,6 +64,7 @@ CELL_SCHEMA: dict[str, Any] = {
     "n_correct": pl.Int64,
     "n_failed": pl.Int64,
     "accuracy": pl.Float64,
+    "accuracy_strict": pl.Float64,
     "acc_per_seed": pl.List(pl.Float64),
     "acc_seed_mean": pl.Float64,
     "acc_seed_sd": pl.Float64,
@@ -124,6 +125,7 @@ class Sample:
     correct: bool
     tokens: tuple[int, int, int, int] | None  # prompt, latent, generated, total (None only for failed samples)
     wall_s: float | None  # None only for failed samples
+    strict_correct: bool | None = None  # scored with extraction "both" (or "strict"): the original's rules
 
 
 def _line_number(path: Path, record_index: int) -> int:
@@ -230,8 +232,13 @@ def _validate(rec: Any, where_fn) -> Sample:
         tokens, wall = None, None
 
     key = (rec["model"], rec["task"], method, arch, latent_steps, realign, memory)
+    strict_correct = rec.get("strict_correct")
+    if strict_correct is None and rec.get("extraction") == "strict":
+        strict_correct = correct
+    if strict_correct is not None and not isinstance(strict_correct, bool):
+        fail("strict_correct", f"must be true or false, got {strict_correct!r}")
     return Sample(key=key, seed=seed, sample_id=rec["sample_id"], ok=ok, correct=correct, tokens=tokens,
-                  wall_s=wall)
+                  wall_s=wall, strict_correct=strict_correct)
 
 
 def load_samples(paths: Sequence[str | Path]) -> tuple[list[Sample], list[dict[str, Any]]]:
@@ -404,6 +411,9 @@ def compute_tables(samples: Sequence[Sample]) -> tuple[list[dict[str, Any]], lis
             "n_correct": k_all,
             "n_failed": sum(1 for s in all_samples if not s.ok),
             "accuracy": k_all / n_all,
+            # only when every sample was also scored with the original's rules (scoring.extraction: both/strict)
+            "accuracy_strict": (sum(bool(s.strict_correct) for s in all_samples) / n_all
+                                if all(s.strict_correct is not None for s in all_samples) else None),
             "acc_per_seed": accs,
             **_accuracy_ci(k_all, n_all, accs),
             **_cost_means(all_samples),

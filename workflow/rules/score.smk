@@ -7,6 +7,8 @@ rule score:
         data="results/data/{task}.parquet",
     output:
         "results/score/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
+    params:
+        extraction=config["scoring"]["extraction"],
     log:
         "logs/score/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.log",
     threads: threads_for("score")
