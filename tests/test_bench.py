@@ -67,7 +67,7 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     env = result["environment"]
     assert {"model", "device", "dtype", "threads", "torch", "transformers", "git_commit"} <= set(env)
     assert result["w_a"]["source"] == "weight-files"
-    assert SUMMARY_NAMES | {"batch8_over_batch1.text_mas", "batch8_over_batch1.latent_mas"} == set(result["summary"])
+    assert set(result["summary"]) == SUMMARY_NAMES  # no batch8_over_batch1.*: batch 8 was not in the scaling sizes
     lat = result["end_to_end"]["latent_mas/sequential"]
     assert lat["kv_bytes_handed_per_sample"] > 0 and lat["latent_steps_per_sample"] == 3 * 2
     assert (out / "bench.md").read_text().startswith("# latentmas bench") and (out / "bench.png").stat().st_size
