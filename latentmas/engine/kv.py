@@ -16,11 +16,18 @@ Caches are used only through the transformers Cache API (``DynamicCache``, ``lay
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+
+
+# Called after every segment appended by :func:`extend` with (agent, kind): one call per prompt, latent step or
+# generated token. Set by ``run_batch(progress=...)`` so a person can watch a long batch; None (default) costs nothing.
+STEP_HOOK: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar("STEP_HOOK", default=None)
 
 
 def _cache_kwarg(model) -> str:
@@ -125,6 +132,9 @@ def extend(
     batch.attention_mask = full_mask
     batch.next_position = batch.next_position + mask.sum(dim=1)
     batch.segments.append(Segment(agent, kind, start, batch.length))
+    hook = STEP_HOOK.get()
+    if hook is not None:
+        hook(agent, kind)
     if want == "hidden":
         return out.last_hidden_state[:, -1, :]
     return out.logits[:, -1, :]

@@ -18,14 +18,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from latentmas.contracts import MEMORY_POLICIES, METHODS  # the names live in contracts; re-exported here
 from latentmas.engine.decoding import DecodeSettings, decode
-from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.kv import STEP_HOOK, SequenceBatch, extend, keep_columns, left_pad, memory_columns
 from latentmas.engine.latent import LatentMapper, latent_rollout
 from latentmas.engine.models import LoadedModel, encode, render_chat
 from latentmas.engine.topology import Topology
-
-METHODS = ("baseline", "text_mas", "latent_mas")
-MEMORY_POLICIES = ("all", "previous", "latent_only")
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,18 @@ def _synced_clock(device: torch.device) -> float:
 
 
 def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
-              mapper: LatentMapper | None = None) -> list[SampleOutput]:
+              mapper: LatentMapper | None = None, progress=None) -> list[SampleOutput]:
+    """Run one batch through every agent of ``topo``. ``progress(agent, kind)``, if given, is called after each
+    prompt, latent step and generated token (kind ``prompt`` / ``latent`` / ``text``; see kv.STEP_HOOK)."""
+    token = STEP_HOOK.set(progress)
+    try:
+        return _run_batch(lm, topo, samples, settings, mapper)
+    finally:
+        STEP_HOOK.reset(token)
+
+
+def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
+               mapper: LatentMapper | None) -> list[SampleOutput]:
     if settings.method not in METHODS:
         raise ValueError(f"unknown method {settings.method!r}; use one of {', '.join(METHODS)}")
     if settings.method == "latent_mas":

@@ -32,8 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from latentmas.contracts import EXIT_BAD_INPUT, EXIT_OK, SCORED_RECORD_SCHEMA, TASK_NAMES, check
 from latentmas.records import RecordWriter, read_records, repair, write_jsonl_atomic
-from latentmas.eval.tasks import TASK_NAMES, Task, get_task
+from latentmas.eval.tasks import Task, get_task
 from latentmas.eval.tasks.base import ScoreResult
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[st
     if extraction == "both":
         st = failed if status == "failed" else task.score_strict(text, item)
         out.update(strict_prediction=st.prediction, strict_correct=bool(st.correct), strict_reason=st.reason)
+    check(out, SCORED_RECORD_SCHEMA, part="score")  # what this stage adds; the rest is the runner's contract
     return out
 
 
@@ -103,7 +105,10 @@ def score_records(records: Iterable[dict[str, Any]], task: Task | str,
     """
     if isinstance(task, str):
         task = get_task(task)
-    return [score_one(r, task, data_records_by_id, extraction) for r in records]
+    from latentmas.progress import bar
+
+    return [score_one(r, task, data_records_by_id, extraction)
+            for r in bar(records, desc=f"score {task.name}", unit="record")]
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -142,17 +147,21 @@ def score_resumable(records: list[dict[str, Any]], task: Task, data_records_by_i
             todo.append(r)
     if results:
         log.info("%s: %d of %d records already scored in %s", task.name, len(results), len(records), part)
-    with RecordWriter(part) as writer:
+    from latentmas.progress import bar
+
+    with RecordWriter(part) as writer, bar(total=len(todo), desc=f"score {task.name}", unit="program") as progress:
         if jobs <= 1:
             for r in todo:
                 s = score_one(r, task, data_records_by_id, extraction)
                 writer.write(s)
                 results[r["sample_id"]] = s
+                progress.update()
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 for s in pool.map(lambda r: score_one(r, task, data_records_by_id, extraction), todo):
                     writer.write(s)
                     results[s["sample_id"]] = s
+                    progress.update()
     ordered = [results[r["sample_id"]] for r in records]
     write_jsonl_atomic(out, ordered)
     part.unlink(missing_ok=True)
@@ -228,5 +237,5 @@ def cli_main(argv: list[str] | None = None) -> int:
                    extraction=args.extraction)
     except (ScoringError, DatasetArtifactError, DatasetSourceError, DatasetRecordError) as exc:
         print(f"latentmas score: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK

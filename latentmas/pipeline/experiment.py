@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH
+from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH, TASK_NAMES, inject_enums
 from latentmas.pipeline.defaults import LATENT_DEFAULTS, SAMPLING_KNOBS
 
 
@@ -34,8 +34,6 @@ RESOURCE_DEFAULTS = {
     "infer": {"mem_mb": 8000, "runtime": 240},
     "score": {"mem_mb": 4000, "runtime": 60},
 }
-TASK_NAMES = ("gsm8k", "aime2024", "aime2025", "gpqa_diamond", "medqa", "arc_easy", "arc_challenge", "mbppplus",
-              "humanevalplus")
 
 
 def _with_defaults(validator_class):
@@ -91,7 +89,7 @@ def _describe(error) -> str:
 def validate_config(cfg: dict, schema_path=SCHEMA_PATH) -> dict:
     """Validate ``cfg`` in place (filling defaults); raise WorkflowError listing every problem by key path."""
     with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
+        schema = inject_enums(yaml.safe_load(fh))
     cls = _with_defaults(jsonschema.Draft202012Validator)
     errors = sorted(cls(schema).iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     lines = []
@@ -251,18 +249,6 @@ def get_cell(cfg: dict, cell_id: str) -> dict:
 
 
 # Paths of the pipeline's artifacts (relative to the working directory), shared with the Snakemake rules.
-def model_dir(model: str) -> str:
-    return f"resources/models/{model}"
-
-
-def data_file(task: str) -> str:
-    return f"results/data/{task}.parquet"
-
-
-def align_file(model: str) -> str:
-    return f"results/align/{model}.safetensors"
-
-
 # settings key -> `latentmas run` option (None: a boolean flag handled in run_args)
 RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent_steps": "--latent-steps",
                "memory": "--memory", "ridge_lambda": "--ridge-lambda", "seed": "--seed", "n": "--n",

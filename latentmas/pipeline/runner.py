@@ -31,8 +31,10 @@ from pathlib import Path
 import torch
 
 from latentmas import __version__
+from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.contracts import MEMORY_POLICIES, METHODS
+from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput, run_batch
 from latentmas.engine.models import THINK_MODES, ModelLoadError
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
 from latentmas.records import RecordWriter, repair
@@ -223,15 +225,16 @@ def expand_cell_argv(argv: list[str]) -> list[str]:
         return argv
     if not (known.config and known.cell):
         raise RunConfigError("--config and --cell go together")
+    from latentmas import contracts
     from latentmas.pipeline import experiment
 
     cfg = experiment.load_config(known.config)
     cell = experiment.get_cell(cfg, known.cell)
     shard, n_shards = parse_shard(known.shard)
     settings = experiment.cell_settings(cfg, cell, shard, n_shards)
-    align = experiment.align_file(cell["model"]) if settings.get("realign") else None
-    base = experiment.run_args(settings, experiment.model_dir(cell["model"]), cell["model"],
-                               experiment.data_file(cell["task"]), align)
+    align = contracts.align_file(cell["model"]) if settings.get("realign") else None
+    base = experiment.run_args(settings, contracts.model_dir(cell["model"]), cell["model"],
+                               contracts.data_file(cell["task"]), align)
     return base + rest
 
 
@@ -246,7 +249,7 @@ def cli_main(argv: list[str]) -> int:
         return run(args)
     except (RunConfigError, ValueError, FileNotFoundError, ModelLoadError) as exc:  # ConfigError is a ValueError
         print(f"latentmas run: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> DecodeSettings:
@@ -256,7 +259,7 @@ def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> Decode
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from latentmas.progress import StepReporter, bar
 
     from latentmas.engine.latent import LatentMapper
     from latentmas.engine.models import effective_sampling, load_model, model_name_of
@@ -337,12 +340,15 @@ def run(args: argparse.Namespace) -> int:
         return SampleInput(rec["id"], task.user_prompt(rec, args.prompt_style), task.answer_instruction,
                            sample_seed(args.seed, rec["id"]))
 
-    bar = tqdm(total=len(todo), desc=f"{task.name}/{method}", unit="sample", dynamic_ncols=True, file=sys.stderr)
+    samples_bar = bar(total=len(todo), desc=f"{task.name}/{method}", unit="sample")
+    steps = StepReporter(args.latent_steps if is_latent else 0, args.max_new_tokens)
     with RecordWriter(out) as writer:
         def on_done(batch: list[SampleInput], outs: list[SampleOutput]) -> None:
             for s, o in zip(batch, outs):
-                writer.write(make_record(s, o, by_id[s.sample_id]))
-            bar.update(len(batch))
+                record = make_record(s, o, by_id[s.sample_id])
+                check(record, RECORD_JSON_SCHEMA)  # ~0.1 ms: a record the scorer would reject is never written
+                writer.write(record)
+            samples_bar.update(len(batch))
 
         def make_record(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
             prompt = sum(a["input_tokens"] for a in o.agents)
@@ -360,12 +366,14 @@ def run(args: argparse.Namespace) -> int:
             }
 
         def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:
-            return run_batch(lm, topo, batch, settings, mapper)
+            return run_batch(lm, topo, batch, settings, mapper, progress=steps)
 
         t0 = time.perf_counter()
+        n_batches = -(-len(todo) // args.batch_size)
         for start in range(0, len(todo), args.batch_size):
             batch = [to_input(r) for r in todo[start:start + args.batch_size]]
+            steps.start_batch(start // args.batch_size, n_batches, len(batch))
             run_with_backoff(run_fn, batch, on_done)
-        bar.close()
+        samples_bar.close()
     log.info("%s: %d samples in %.1f s", out, len(todo), time.perf_counter() - t0)
     return 0
