@@ -27,7 +27,9 @@ include: "workflow/rules/align.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/significance.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/audit.smk"
 include: "workflow/rules/bench.smk"
 
 
@@ -37,11 +39,16 @@ localrules:
     fetch_model,
     merge_cell,
     aggregate,
+    significance,
+    publish_significance,
     figures,
     publish,
+    latent_health,
+    audit_pages,
 
 
 rule all:
     input:
-        PUBLISHED,
+        PUBLISHED + SIGNIFICANCE_PUBLISHED,
+        AUDIT_OUTPUTS,
     default_target: True

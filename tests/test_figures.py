@@ -111,8 +111,8 @@ def test_figures_written_valid_and_deterministic(tables, tmp_path):
 def test_latent_steps_with_and_without_sweep(tables, tmp_path):
     sweep_settings = figs.load_settings(tables["sweep"])
     sweeps = figs.latent_step_sweeps(sweep_settings)
-    assert list(sweeps) == [("m1", "gsm8k", "sequential", True, "all")]
-    assert [r["latent_steps"] for r in sweeps[("m1", "gsm8k", "sequential", True, "all")]] == [10, 20]
+    assert list(sweeps) == [("m1", "gsm8k", "sequential", True, "all", None)]
+    assert [r["latent_steps"] for r in sweeps[("m1", "gsm8k", "sequential", True, "all", None)]] == [10, 20]
     fig = figs.draw_latent_steps(sweep_settings)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "Latent steps per agent (m)" and ax.get_ylabel() == "Accuracy (%)"

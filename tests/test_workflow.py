@@ -22,9 +22,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = ("fetch_dataset", "fetch_model", "align", "infer", "score", "merge_cell", "aggregate", "figures", "publish",
-         "all")
-# jobs that follow from any change of cells: one aggregate, figures, publish and the `all` target
-TAIL = {"aggregate": 1, "figures": 1, "publish": 1, "all": 1}
+         "latent_health", "audit_pages", "significance", "publish_significance", "all")
+# jobs that follow from any change of cells: one each of these tail rules
+TAIL = {"aggregate": 1, "figures": 1, "publish": 1, "latent_health": 1, "audit_pages": 1, "significance": 1,
+        "publish_significance": 1, "all": 1}
 
 
 def _copy_workflow(dst: Path) -> Path:
@@ -102,10 +103,12 @@ def write_config(wd: Path, name: str, base: str, edit) -> str:
 # --------------------------------------------------------------------------------------------------------- dry runs
 def test_demo_config_plans_one_job_per_cell(wf):
     stats, text = dry(wf)
-    # 1 model x 3 tasks x (baseline + text_mas + latent_mas), 1 seed, 1 shard each
-    assert stats == {"fetch_dataset": 3, "fetch_model": 1, "align": 1, "infer": 9, "score": 9, "merge_cell": 9,
+    # 1 model x 3 tasks x (baseline + text_mas + latent_mas + its no-transfer control), 1 seed, 1 shard each
+    assert stats == {"fetch_dataset": 3, "fetch_model": 1, "align": 1, "infer": 12, "score": 12, "merge_cell": 12,
                      **TAIL}
     assert "results/infer/qwen2.5-coder-0.5b/gsm8k/latent_mas-sequential-k10-realign/seed0/shard-0-of-1.jsonl" in text
+    assert ("results/infer/qwen2.5-coder-0.5b/gsm8k/latent_mas-sequential-k10-realign-no_transfer/seed0/"
+            "shard-0-of-1.jsonl") in text
 
 
 def grid_arithmetic(cfg: dict) -> dict[str, int]:
@@ -130,10 +133,33 @@ def grid_arithmetic(cfg: dict) -> dict[str, int]:
         assert c["method"] == "latent_mas"
         cells.add((c["model"], c["task"], f"latent_mas-{c.get('arch', 'sequential')}-k{c['latent_steps']}-"
                    f"{'realign' if c.get('realign', True) else 'norealign'}", c.get("seed", 0)))
+    if cfg.get("controls_enabled", True):
+        cells |= control_cells(cells, cfg.get("controls", []), cfg.get("control_keep_fractions", [0.6]))
     shards = sum(cfg["tasks"][t].get("n_shards", 1) for (_, t, _, _) in cells)
     realigned = {m for (m, _, v, _) in cells if v.endswith("-realign")}
     return {"fetch_dataset": len(cfg["tasks"]), "fetch_model": len(cfg["models"]), "align": len(realigned),
             "infer": shards, "score": shards, "merge_cell": len(cells), **TAIL}
+
+
+def control_cells(cells: set, controls: list, fractions: list) -> set:
+    """The control cells beside each latent_mas cell, by the rules of docs/CONTROLS.md (an independent spelling)."""
+    out = set()
+    for model, task, v, seed in cells:
+        m = re.fullmatch(r"latent_mas-(\w+)-k(\d+)-(realign|norealign)(-mem_\w+)?", v)
+        if not m:
+            continue
+        head, rtoken, mem = f"latent_mas-{m[1]}-k{m[2]}", m[3], m[4] or ""
+        for ctl in controls:
+            names = {"no_transfer": [f"{head}-{rtoken}-no_transfer"],
+                     "single_matched": [f"{head}-{rtoken}-single_matched"],
+                     "map_identity": [f"{head}-norealign{mem}"],
+                     "scope_handoff": [f"{head}-{rtoken}{mem}-scope_handoff"] if mem else []}.get(ctl)
+            if ctl.startswith("map_random"):
+                names = [f"{head}{mem}-{ctl}"]
+            elif ctl.startswith("keep_"):
+                names = [f"{head}-{rtoken}{mem}-keep{100 * f:g}_{ctl[5:]}" for f in fractions]
+            out |= {(model, task, n, seed) for n in names}
+    return out
 
 
 def test_grid_config_expansion(wf):
@@ -295,7 +321,10 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
     import polars as pl
 
     settings = pl.read_parquet(wd / "results/tables/settings.parquet")
-    assert settings.height == 2 * 2 * 3  # models x tasks x methods, seed pooled
+    assert settings.height == 2 * 2 * 4  # models x tasks x (methods + the no-transfer control), seed pooled
+    assert settings.filter(pl.col("control") == "no_transfer").height == 4
+    sig = (wd / "reports/tables/significance.md").read_text()
+    assert "| LatentMAS (m=2) | LatentMAS (m=2, no transfer) |" in sig and "(small n)" in sig
     assert set(settings["n_samples"].to_list()) == {2}
     # sharded cell: 2 shards merged into 2 records, no leftovers of the resumable runner
     merged = (wd / "results/score/tiny-llama/gsm8k/baseline/seed0/all.jsonl").read_text().splitlines()
@@ -327,27 +356,33 @@ def test_end_to_end_tiny_models_report_and_reruns(tmp_path):
 
     smk(wd, "--configfile", tiny, "--report", "reports/report.html")
     html = (wd / "reports/report.html").read_text()
-    assert "accuracy.png" in html and "settings.csv" in html and len(html) > 100_000
+    assert "accuracy.png" in html and "settings.csv" in html and "significance.md" in html and len(html) > 100_000
+    # audit pages: every cell's correct/incorrect page, latent cells side by side, all linked from the report
+    index = (wd / "results/audit/index.html").read_text()
+    assert index.count("/correct.html") == 16 and index.count("/compare.html") == 8
+    assert "Audit pages" in html and "latent_health.csv" in html and "latent_lens.png" in html
 
     # nothing left to do
     assert dry(wd, "--configfile", tiny)[0] == {}
 
-    # latent_steps of one model: only that model's latent_mas cells (gsm8k 2 shards + arc_easy 1) and the tail
+    # latent_steps of one model: only that model's latent_mas cells and their no-transfer controls (gsm8k 2 shards +
+    # arc_easy 1, each twice) and the tail
     k3 = write_config(wd, "k3.yaml", tiny, lambda c: c["models"]["tiny-llama"].update(latent={"steps": [3]}))
     stats, text = dry(wd, "--configfile", k3)
-    assert stats == {"infer": 3, "score": 3, "merge_cell": 2, **TAIL}
+    assert stats == {"infer": 6, "score": 6, "merge_cell": 4, **TAIL}
     assert all("tiny-llama" in o and "-k3-" in o for o in re.findall(r"output: (results/infer/\S+)", text))
 
-    # one more seed: only the new seed's cells (2 models x 2 tasks x 3 methods; 3 shards per model x method)
+    # one more seed: only the new seed's cells (2 models x 2 tasks x (3 methods + 1 control); 3 shards per model x
+    # method)
     s2 = write_config(wd, "s2.yaml", tiny, lambda c: c.update(seeds=[0, 1]))
     stats, text = dry(wd, "--configfile", s2)
-    assert stats == {"infer": 18, "score": 18, "merge_cell": 12, **TAIL}
+    assert stats == {"infer": 24, "score": 24, "merge_cell": 16, **TAIL}
     assert all("/seed1/" in o for o in re.findall(r"output: (results/\S+)", text) if o.startswith("results/infer"))
 
     # a task's max_new_tokens: only that task's cells
     t = write_config(wd, "arc.yaml", tiny, lambda c: c["tasks"]["arc_easy"].update(max_new_tokens=7))
     stats, _ = dry(wd, "--configfile", t)
-    assert stats == {"infer": 6, "score": 6, "merge_cell": 6, **TAIL}
+    assert stats == {"infer": 8, "score": 8, "merge_cell": 8, **TAIL}
 
 
 # ------------------------------------------------------------------------------------------------------------- docs

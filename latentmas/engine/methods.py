@@ -10,6 +10,10 @@
 ``latent_steps: 0`` in latent_mas means: agents write their prompts into the shared memory and think zero steps, so
 the final agent still attends to every predecessor's prompt (the original code silently dropped all predecessors'
 memory here; we do not — see docs/ENGINE.md).
+
+Controls (docs/CONTROLS.md) change only what the final latent_mas agent inherits (``MethodSettings.control``: no
+transfer, memory budget, memory scope; :mod:`latentmas.engine.controls`) or replace the team by one agent with the
+team's latent budget (``single_matched``); mapper variants are just another matrix in the LatentMapper.
 """
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from latentmas.contracts import MEMORY_POLICIES, METHODS  # the names live in contracts; re-exported here
+from latentmas.engine import controls
 from latentmas.engine.decoding import DecodeSettings, decode
-from latentmas.engine.kv import STEP_HOOK, SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.kv import STEP_HOOK, SequenceBatch, extend, left_pad
 from latentmas.engine.latent import LatentMapper, latent_rollout
+from latentmas.engine.lens import LatentLens
 from latentmas.engine.models import LoadedModel, encode, render_chat
 from latentmas.engine.topology import Topology
 
@@ -34,6 +40,9 @@ class MethodSettings:
     decode: DecodeSettings = DecodeSettings(max_new_tokens=512)
     agent_max_new_tokens: int | None = None  # non-final text_mas agents; None = decode.max_new_tokens
     think: bool | str | None = None  # a latentmas.engine.models.THINK_MODES value (bools: on/off; None: model)
+    trace: str = "none"  # none | summary | full: latent lens + rendered prompts in the record (engine/lens.py)
+    control: controls.MemoryControl = controls.MemoryControl()  # what the final latent_mas agent inherits
+    single_matched: bool = False  # control: only the final agent's prompt, thinking the team's total latent steps
 
 
 @dataclass
@@ -82,19 +91,42 @@ def _synced_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def _run_single_matched(lm, topo, samples, settings, mapper, prompts, alive) -> list[SampleOutput]:
+    final = topo.final_agent
+    budget = controls.matched_latent_budget(topo, settings.latent_steps)
+    gens = None if settings.decode.greedy else _generators(samples, len(topo.agents) - 1, lm.device)
+    res, trace, wall = controls.run_single_matched(lm, prompts, budget, mapper, settings.decode, final.name, gens,
+                                                   alive)
+    outs = [SampleOutput() for _ in samples]
+    for i, o in enumerate(outs):
+        failed = trace.failed_at[i]
+        if failed is not None:
+            o.error = f"non-finite latent at agent {final.name} step {failed}"
+        elif res.nonfinite_at[i] is not None:
+            o.error = f"non-finite logits at agent {final.name} token {res.nonfinite_at[i]}"
+        latent = {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}
+        o.final_text = lm.tokenizer.decode(res.tokens[i], skip_special_tokens=True)
+        # input tokens: the prompt is read twice (before and after thinking)
+        o.agents.append(_agent_record(final.name, 2 * len(prompts[i]), budget, len(res.tokens[i]), wall, None,
+                                      latent))
+    return outs
+
+
 def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
-              mapper: LatentMapper | None = None, progress=None) -> list[SampleOutput]:
+              mapper: LatentMapper | None = None, progress=None, observe=None) -> list[SampleOutput]:
     """Run one batch through every agent of ``topo``. ``progress(agent, kind)``, if given, is called after each
-    prompt, latent step and generated token (kind ``prompt`` / ``latent`` / ``text``; see kv.STEP_HOOK)."""
+    prompt, latent step and generated token (kind ``prompt`` / ``latent`` / ``text``; see kv.STEP_HOOK).
+    ``observe(agent_name, batch)``, if given, sees the cache each latent_mas agent starts on (tests check what an agent
+    can attend to)."""
     token = STEP_HOOK.set(progress)
     try:
-        return _run_batch(lm, topo, samples, settings, mapper)
+        return _run_batch(lm, topo, samples, settings, mapper, observe)
     finally:
         STEP_HOOK.reset(token)
 
 
 def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
-               mapper: LatentMapper | None) -> list[SampleOutput]:
+               mapper: LatentMapper | None, observe) -> list[SampleOutput]:
     if settings.method not in METHODS:
         raise ValueError(f"unknown method {settings.method!r}; use one of {', '.join(METHODS)}")
     if settings.method == "latent_mas":
@@ -102,6 +134,7 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
             raise ValueError("latent_mas needs a LatentMapper (target norm, optional W_a)")
         if settings.memory not in MEMORY_POLICIES:
             raise ValueError(f"unknown memory policy {settings.memory!r}; use one of {', '.join(MEMORY_POLICIES)}")
+        controls.check_memory_settings(settings.memory, settings.control)
     tok = lm.tokenizer
     bsz = len(samples)
     outs = [SampleOutput() for _ in samples]
@@ -109,20 +142,31 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
     texts: list[dict[str, str]] = [{} for _ in samples]
     shared = SequenceBatch.empty(lm.model, bsz, lm.device) if settings.method == "latent_mas" else None
     mode = {"baseline": "none", "text_mas": "text", "latent_mas": "latent"}[settings.method]
+    tracing = settings.trace != "none"
+    lens = LatentLens(lm.model, tok, settings.trace) if tracing and settings.method == "latent_mas" else None
+    if settings.method == "latent_mas" and settings.single_matched:
+        prompts = [encode(tok, render_chat(tok, topo.render(topo.final_agent, s.question, s.answer_instruction, mode),
+                                           settings.think)) for s in samples]
+        return _run_single_matched(lm, topo, samples, settings, mapper, prompts, alive)
 
     for a_idx, agent in enumerate(topo.agents):
         t0 = _synced_clock(lm.device)
-        prompts = [
-            encode(tok, render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
-                                    settings.think))
-            for i, s in enumerate(samples)
-        ]
+        rendered = [render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
+                                settings.think) for i, s in enumerate(samples)]
+        prompts = [encode(tok, r) for r in rendered]
         gens = None if settings.decode.greedy else _generators(samples, a_idx, lm.device)
         if settings.method == "latent_mas" and not agent.final:
             ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
+            if observe is not None:
+                observe(agent.name, shared)
             hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
-            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive)
-            wall = (_synced_clock(lm.device) - t0) / bsz
+            observer = lens.recorder(bsz, agent.name) if lens is not None and settings.latent_steps else None
+            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive,
+                                      observer=observer)
+            lensed = observer.finish(trace.norms) if observer is not None else None
+            if settings.control.scope == "handoff":
+                shared = controls.handoff_truncate(lm.model, shared, settings.memory, agent.name)
+            wall = (_synced_clock(lm.device) - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
             for i in range(bsz):
                 failed = trace.failed_at[i]
                 if failed is not None and alive[i]:
@@ -131,14 +175,19 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
                 outs[i].agents.append(_agent_record(
                     agent.name, len(prompts[i]), settings.latent_steps, 0, wall, None,
                     {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
+                if lensed is not None:
+                    outs[i].agents[-1]["latent"]["lens"] = lensed[i]
+                if tracing:
+                    outs[i].agents[-1]["prompt"] = rendered[i]
             continue
 
+        memory = None
         if settings.method == "latent_mas":
-            batch = shared
             prev = topo.agents[a_idx - 1].name if a_idx > 0 else None
-            cols = memory_columns(batch, settings.memory, prev)
-            if cols is not None:
-                batch = keep_columns(lm.model, batch, cols)
+            batch, memory = controls.final_view(lm, shared, settings.memory, settings.control, prev, prompts,
+                                                [s.seed for s in samples])
+            if observe is not None:
+                observe(agent.name, batch)
         else:
             batch = SequenceBatch.empty(lm.model, bsz, lm.device)
         limit = settings.decode.max_new_tokens
@@ -155,6 +204,10 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
             texts[i][agent.name] = text
             outs[i].agents.append(_agent_record(agent.name, len(prompts[i]), 0, len(res.tokens[i]), wall,
                                                 text if settings.method == "text_mas" else None, None))
+            if tracing:
+                outs[i].agents[-1]["prompt"] = rendered[i]
+            if memory is not None:
+                outs[i].agents[-1]["memory"] = memory[i]  # positions and bytes of cache the agent inherited
             if agent.final:
                 outs[i].final_text = text
     return outs

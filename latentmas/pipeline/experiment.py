@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH, TASK_NAMES, inject_enums
+from latentmas.contracts import control_name
 from latentmas.pipeline.defaults import LATENT_DEFAULTS, SAMPLING_KNOBS
 
 
@@ -142,6 +143,7 @@ def semantic_errors(cfg: dict) -> list:
 # 2. Cells: model x task x method x arch x latent settings x seed, only the meaningful combinations.
 #    id = {model}/{task}/{variant}/seed{seed}; variant = baseline | text_mas-{arch} |
 #         latent_mas-{arch}-k{steps}-{realign|norealign}[-mem_{memory}]  (memory suffix only when not "all")
+#         [-{control}]  (docs/CONTROLS.md; a random map replaces the realign token: latent_mas-{arch}-k{steps}-map_...)
 # ---------------------------------------------------------------------------------------------------------------------
 def latent_settings(cfg: dict, model: str) -> dict:
     out = dict(LATENT_DEFAULTS)
@@ -150,19 +152,57 @@ def latent_settings(cfg: dict, model: str) -> dict:
     return out
 
 
-def variant_of(method, arch=None, latent_steps=None, realign=None, memory=None) -> str:
+def variant_of(method, arch=None, latent_steps=None, realign=None, memory=None, control=None) -> str:
     if method == "baseline":
         return "baseline"
     if method == "text_mas":
         return f"text_mas-{arch}"
-    v = f"latent_mas-{arch}-k{latent_steps}-{'realign' if realign else 'norealign'}"
-    return v if memory == "all" else f"{v}-mem_{memory}"
+    v = f"latent_mas-{arch}-k{latent_steps}"
+    if not (control and "map_random" in control):  # a random map is named by its control, not by realign
+        v += f"-{'realign' if realign else 'norealign'}"
+    v = v if memory == "all" else f"{v}-mem_{memory}"
+    return v if control is None else f"{v}-{control}"
 
 
-def _cell(model, task, method, seed, arch=None, latent_steps=None, realign=None, memory=None) -> dict:
-    variant = variant_of(method, arch, latent_steps, realign, memory)
+def _cell(model, task, method, seed, arch=None, latent_steps=None, realign=None, memory=None,
+          control_settings=None) -> dict:
+    control = control_name(**control_settings) if control_settings else None
+    variant = variant_of(method, arch, latent_steps, realign, memory, control)
     return dict(id=f"{model}/{task}/{variant}/seed{seed}", model=model, task=task, variant=variant, method=method,
-                arch=arch, latent_steps=latent_steps, realign=realign, memory=memory, seed=seed)
+                arch=arch, latent_steps=latent_steps, realign=realign, memory=memory, seed=seed, control=control,
+                control_settings=control_settings or {})
+
+
+def control_variants(base: dict, names, keep_fractions) -> list[dict]:
+    """The control cells run beside one latent_mas cell (docs/CONTROLS.md): one factor changed per control.
+
+    Controls that make memory irrelevant (no_transfer, single_matched) use memory ``all`` so that a grid with several
+    memory policies runs them once; ``scope_handoff`` only exists beside a previous/latent_only cell (with ``all``
+    there is nothing to truncate); ``map_identity`` is the base cell with realign off (a plain latent_mas cell).
+    """
+    args = (base["model"], base["task"], "latent_mas", base["seed"], base["arch"], base["latent_steps"])
+    out = []
+    for name in names:
+        if name in ("no_transfer", "single_matched"):
+            out.append(_cell(*args, base["realign"], "all", {name: True}))
+        elif name == "map_identity":
+            if base["realign"]:
+                out.append(_cell(*args, False, base["memory"]))
+        elif name.startswith("map_"):
+            out.append(_cell(*args, False, base["memory"], {"mapper": name[len("map_"):]}))
+        elif name.startswith("keep_"):
+            for f in keep_fractions:
+                out.append(_cell(*args, base["realign"], base["memory"],
+                                 {"keep_fraction": f, "keep_rule": name[len("keep_"):]}))
+        elif name == "scope_handoff" and base["memory"] != "all":
+            out.append(_cell(*args, base["realign"], base["memory"], {"memory_scope": "handoff"}))
+    return out
+
+
+def needs_align(cell_or_settings: dict) -> bool:
+    """W_a is needed by the ridge map (realign on) and by the random map with W_a's spectrum."""
+    mapper = cell_or_settings.get("mapper") or cell_or_settings.get("control_settings", {}).get("mapper")
+    return bool(cell_or_settings.get("realign")) or mapper == "random_spectrum"
 
 
 def expand_cells(cfg) -> dict:
@@ -197,6 +237,10 @@ def expand_cells(cfg) -> dict:
                       c.get("realign", lat["realign"][0]), c.get("memory", lat["memory"][0])))
         else:
             add(_cell(model, c["task"], method, seed, arch))
+    if cfg.get("controls_enabled", True):
+        for base in [c for c in cells.values() if c["method"] == "latent_mas" and c["control"] is None]:
+            for c in control_variants(base, cfg.get("controls", []), cfg.get("control_keep_fractions", [0.6])):
+                add(c)
     return cells
 
 
@@ -221,8 +265,9 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
         s["arch"] = cell["arch"]
     if cell["method"] == "latent_mas":
         s.update(latent_steps=cell["latent_steps"], realign=cell["realign"], memory=cell["memory"])
+        s.update(cell.get("control_settings", {}))  # only a control cell has any: other cells' params are unchanged
         lam = latent_settings(cfg, cell["model"]).get("ridge_lambda")
-        if cell["realign"] and lam is not None:
+        if needs_align(cell) and lam is not None:
             s["ridge_lambda"] = lam
     s.update(seed=cell["seed"], n=t["n"], shard=f"{int(shard)}/{int(nshards)}",
              batch_size=m.get("batch_size", dec["batch_size"]), greedy=dec["greedy"])
@@ -235,7 +280,7 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
     s["max_new_tokens"] = t.get("max_new_tokens", dec["max_new_tokens"])
     if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
         s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
-    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"])
+    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg["trace"])
     return s
 
 
@@ -256,7 +301,9 @@ RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent
                "top_k": "--top-k", "min_p": "--min-p", "repetition_penalty": "--repetition-penalty",
                "prompt_style": "--prompt-style", "chat_template": "--chat-template",
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
-               "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None}
+               "think": "--think", "dtype": "--dtype", "device": "--device", "trace": "--trace", "mapper": "--mapper",
+               "keep_fraction": "--keep-fraction", "keep_rule": "--keep-rule", "memory_scope": "--memory-scope",
+               "realign": None, "greedy": None, "no_transfer": None, "single_matched": None}
 
 
 def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: str | None) -> list[str]:
@@ -270,10 +317,13 @@ def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: 
             args += [opt, str(settings[key])]
     if "realign" in settings:
         args.append("--realign" if settings["realign"] else "--no-realign")
-        if settings["realign"]:
+        if needs_align(settings):
             if align is None:
-                raise ConfigError("a realigned latent_mas cell needs its W_a file")
+                raise ConfigError("a latent_mas cell that uses W_a (realign or map_random_spectrum) needs its W_a file")
             args += ["--align-file", str(align)]
+    for flag in ("no_transfer", "single_matched"):
+        if settings.get(flag):
+            args.append("--" + flag.replace("_", "-"))
     if "greedy" in settings:  # explicit either way: the runner's default must not decide a pipeline job
         args.append("--greedy" if settings["greedy"] else "--no-greedy")
     return args

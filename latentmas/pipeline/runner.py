@@ -33,8 +33,10 @@ import torch
 from latentmas import __version__
 from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.contracts import MEMORY_POLICIES, METHODS
+from latentmas.contracts import KEEP_RULES, MAPPERS, MEMORY_POLICIES, MEMORY_SCOPES, METHODS, control_name
+from latentmas.engine.controls import MemoryControl
 from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
 from latentmas.records import RecordWriter, repair
@@ -75,9 +77,13 @@ class CellSpec:
     chat_template: str | None  # the --chat-template fallback given (None = the tokenizer's own)
     topology_digest: str
     n: int | None
+    control: str | None = None  # docs/CONTROLS.md; left out of the hash when None, so older cells keep their hash
 
     def config_hash(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        if fields["control"] is None:
+            del fields["control"]
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -153,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ridge-lambda", type=float)
     ap.add_argument("--align-file", default=None, help="cached W_a file (computed and written if absent)")
     ap.add_argument("--memory", choices=MEMORY_POLICIES)
+    ctl = ap.add_argument_group("controls (latent_mas only; docs/CONTROLS.md)")
+    ctl.add_argument("--no-transfer", action="store_true", help="the final agent receives no memory")
+    ctl.add_argument("--single-matched", action="store_true",
+                     help="one agent (the final agent's prompt) thinks the team's total latent steps, then answers")
+    ctl.add_argument("--mapper", default=None, choices=MAPPERS,
+                     help="latent map (default: ridge with --realign, identity with --no-realign); random maps are "
+                          "seeded by --seed")
+    ctl.add_argument("--keep-fraction", type=float, default=1.0,
+                     help="memory budget: share of the handed-over positions the final agent keeps")
+    ctl.add_argument("--keep-rule", default="random", choices=KEEP_RULES, help="which positions a budget keeps")
+    ctl.add_argument("--memory-scope", default="final", choices=MEMORY_SCOPES,
+                     help="apply --memory when building the final agent's view (final) or after every hand-off")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--n", type=int, default=None, help="use the first N samples (default: all)")
     ap.add_argument("--shard", default="0/1", help="I/N: this job's contiguous slice of the N samples")
@@ -177,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--settings", default=None,
                     help="YAML/JSON file of option values (keys as the long options, '-' or '_'); flags override")
+    ap.add_argument("--trace", choices=TRACE_LEVELS, default=DEFAULT_TRACE,
+                    help="latent lens + rendered prompts in each record (docs/DESIGN.md); none = no per-step work")
     ap.add_argument("--out", required=True)
     ap.set_defaults(**run_defaults())  # the same defaults as the pipeline config (latentmas.pipeline.defaults)
     return ap
@@ -232,7 +252,7 @@ def expand_cell_argv(argv: list[str]) -> list[str]:
     cell = experiment.get_cell(cfg, known.cell)
     shard, n_shards = parse_shard(known.shard)
     settings = experiment.cell_settings(cfg, cell, shard, n_shards)
-    align = contracts.align_file(cell["model"]) if settings.get("realign") else None
+    align = contracts.align_file(cell["model"]) if experiment.needs_align(settings) else None
     base = experiment.run_args(settings, contracts.model_dir(cell["model"]), cell["model"],
                                contracts.data_file(cell["task"]), align)
     return base + rest
@@ -252,6 +272,26 @@ def cli_main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
 
 
+def resolve_mapper(args: argparse.Namespace) -> str:
+    """--mapper wins; otherwise --realign picks ridge (W_a) and --no-realign identity."""
+    return args.mapper or ("ridge" if args.realign else "identity")
+
+
+def build_mapper(lm, args: argparse.Namespace, kind: str):
+    """The LatentMapper of a latent_mas cell: W_a, identity or a seeded random map, always with the same rescale."""
+    from latentmas.engine.alignment import load_or_compute, target_norm
+    from latentmas.engine.latent import LatentMapper
+    from latentmas.engine.mappers import map_matrix
+
+    if kind in ("ridge", "random_spectrum"):
+        al = load_or_compute(lm.model, args.align_file, args.ridge_lambda, model_path=args.model)
+        norm, w_a = al.target_norm, al.w_a
+    else:
+        norm, w_a = target_norm(lm.model), None
+    dim = lm.model.get_input_embeddings().weight.shape[1]
+    return LatentMapper(norm, map_matrix(kind, dim, w_a, args.seed), lm.device, lm.dtype)
+
+
 def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> DecodeSettings:
     """The engine's decode settings; unset knobs (greedy) keep DecodeSettings' own off-values."""
     knobs = {k: v for k, v in sampling.items() if v is not None}
@@ -261,7 +301,6 @@ def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> Decode
 def run(args: argparse.Namespace) -> int:
     from latentmas.progress import StepReporter, bar
 
-    from latentmas.engine.latent import LatentMapper
     from latentmas.engine.models import effective_sampling, load_model, model_name_of
     from latentmas.eval.tasks import get_task
     from latentmas.engine.topology import load_topology
@@ -278,6 +317,14 @@ def run(args: argparse.Namespace) -> int:
 
     method = args.method
     is_latent = method == "latent_mas"
+    mapper_kind = resolve_mapper(args)
+    control = control_name(args.no_transfer, args.single_matched, mapper_kind, args.keep_fraction, args.keep_rule,
+                           args.memory_scope)
+    if control is not None and not is_latent:
+        raise RunConfigError(f"controls ({control}) apply to --method latent_mas only, not {method}")
+    if not 0.0 <= args.keep_fraction <= 1.0:
+        raise RunConfigError(f"--keep-fraction must be in [0, 1], got {args.keep_fraction}")
+    uses_w_a = is_latent and mapper_kind in ("ridge", "random_spectrum")
     topo = load_topology("single" if method == "baseline" else args.arch)
     think = args.think
     prompt_version = task.prompt_id(args.prompt_style)
@@ -288,12 +335,13 @@ def run(args: argparse.Namespace) -> int:
     spec = CellSpec(
         model=args.model_name or model_name_of(args.model), task=task.name, method=method,
         arch=None if method == "baseline" else topo.name,
-        latent_steps=args.latent_steps if is_latent else None, realign=args.realign if is_latent else None,
+        latent_steps=args.latent_steps if is_latent else None, realign=mapper_kind == "ridge" if is_latent else None,
         memory=args.memory if is_latent else None, seed=args.seed, greedy=args.greedy, **sampling,
         max_new_tokens=args.max_new_tokens,
         agent_max_new_tokens=args.agent_max_new_tokens if method == "text_mas" else None, think=think,
-        dtype=args.dtype, ridge_lambda=args.ridge_lambda if (is_latent and args.realign) else None,
+        dtype=args.dtype, ridge_lambda=args.ridge_lambda if uses_w_a else None,
         prompt_version=prompt_version, chat_template=args.chat_template, topology_digest=topo.digest, n=args.n,
+        control=control,
     )
     cfg_hash = spec.config_hash()
     out = Path(args.out)
@@ -313,19 +361,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
-    mapper = None
-    if is_latent:
-        from latentmas.engine.alignment import load_or_compute, target_norm
-
-        if args.realign:
-            al = load_or_compute(lm.model, args.align_file, args.ridge_lambda, model_path=args.model)
-            mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
-        else:
-            mapper = LatentMapper(target_norm(lm.model), None, lm.device, lm.dtype)
+    mapper = build_mapper(lm, args, mapper_kind) if is_latent else None
     settings = MethodSettings(
         method=method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
         decode=decode_settings(args.max_new_tokens, args.greedy, sampling),
-        agent_max_new_tokens=args.agent_max_new_tokens, think=think,
+        agent_max_new_tokens=args.agent_max_new_tokens, think=think, trace=args.trace,
+        control=MemoryControl(transfer=not args.no_transfer, scope=args.memory_scope,
+                              keep_fraction=args.keep_fraction, keep_rule=args.keep_rule),
+        single_matched=args.single_matched,
     )
     versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version()}
     import transformers
@@ -354,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
             prompt = sum(a["input_tokens"] for a in o.agents)
             latent = sum(a["latent_steps"] for a in o.agents)
             generated = sum(a["generated_tokens"] for a in o.agents)
+            inherited = o.agents[-1].get("memory") if o.agents else None
             return {
                 "schema": RECORD_SCHEMA, "config_hash": cfg_hash, **base, "sampling_source": sampling_source,
                 "sample_id": s.sample_id,
@@ -363,6 +407,8 @@ def run(args: argparse.Namespace) -> int:
                            "total": prompt + latent + generated},
                 "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
                 "device": device_desc, "batch_size": args.batch_size, "versions": versions,
+                **({"question": s.question} if args.trace != "none" else {}),
+                "kept_cache_bytes": None if inherited is None else inherited["kept_bytes"],
             }
 
         def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:

@@ -28,6 +28,7 @@ import polars as pl
 
 from latentmas.contracts import ARCHS, EXIT_BAD_INPUT, EXIT_OK, FIGURE_FORMATS, FIGURE_NAMES, TASK_NAMES
 from latentmas.records import atomic_path
+from latentmas.report.control_labels import control_label
 from latentmas.report.labels import SETTING_KEY, config_label, order_rank, setting_sort_key, short_label
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ def latent_step_sweeps(settings: list[dict[str, Any]]) -> dict[tuple, list[dict[
     for r in settings:
         if r["method"] != "latent_mas" or r["latent_steps"] is None:
             continue
-        key = (r["model"], r["task"], r["arch"], r["realign"], r["memory"])
+        key = (r["model"], r["task"], r["arch"], r["realign"], r["memory"], r.get("control"))
         groups.setdefault(key, []).append(r)
     sweeps = {}
     for key, rows in groups.items():
@@ -347,7 +348,7 @@ def draw_latent_steps(settings: list[dict[str, Any]]) -> Figure:
         return fig
     models = sorted({k[0] for k in sweeps})
     series = sorted({k[1:] for k in sweeps}, key=lambda s: (order_rank(s[0], TASK_NAMES), order_rank(s[1], ARCHS),
-                                                           s[2] is False, str(s[3])))
+                                                           s[2] is False, str(s[3]), str(s[4])))
     fig = _new_figure(7.0, 0.8 + 2.6 * len(models))
     axes = fig.subplots(len(models), 1, squeeze=False)[:, 0]
     handles = {}
@@ -378,8 +379,9 @@ def draw_latent_steps(settings: list[dict[str, Any]]) -> Figure:
         ax.grid(True, axis="x", linewidth=0.4, alpha=0.5)
 
     def label(s: tuple) -> str:
-        task, arch, realign, memory = s
+        task, arch, realign, memory, control = s
         extra = ([] if realign else ["no realign"]) + ([] if memory in (None, "all") else [f"memory={memory}"])
+        extra += [control_label(control)] if control else []
         return f"{task} · {arch}" + (f" ({', '.join(extra)})" if extra else "")
 
     order = sorted(handles)

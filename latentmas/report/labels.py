@@ -10,11 +10,12 @@ from typing import Any, Sequence
 import polars as pl
 
 from latentmas.contracts import ARCHS, METHODS, TASK_NAMES
+from latentmas.report.control_labels import control_label
 
 METHOD_LABEL = {"baseline": "Single", "text_mas": "TextMAS", "latent_mas": "LatentMAS"}
 METHOD_SHORT = {"baseline": "Single", "text_mas": "Text", "latent_mas": "Latent"}
 # the key of a setting, the seed-pooled unit of the tables (a "cell" of the pipeline is one seed of it)
-SETTING_KEY = ("model", "task", "method", "arch", "latent_steps", "realign", "memory")
+SETTING_KEY = ("model", "task", "method", "arch", "latent_steps", "realign", "memory", "control")
 
 
 def order_rank(value: Any, order: Sequence[str]) -> tuple:
@@ -26,7 +27,7 @@ def order_rank(value: Any, order: Sequence[str]) -> tuple:
 
 
 def setting_sort_key(key: tuple) -> tuple:
-    model, task, method, arch, latent_steps, realign, memory = key
+    model, task, method, arch, latent_steps, realign, memory, control = key
     return (
         model,
         order_rank(task, TASK_NAMES),
@@ -35,6 +36,7 @@ def setting_sort_key(key: tuple) -> tuple:
         -1 if latent_steps is None else latent_steps,
         0 if realign is None else (1 if realign else 2),  # realign on before off
         (0, "") if memory is None else ((1, "") if memory == "all" else (2, memory)),
+        "" if control is None else control,  # the method itself before its controls (docs/CONTROLS.md)
     )
 
 
@@ -60,6 +62,7 @@ def sort_exprs() -> list[pl.Expr]:
         pl.when(pl.col("realign").is_null()).then(0).when(pl.col("realign")).then(1).otherwise(2),
         pl.when(memory.is_null()).then(0).when(memory == "all").then(1).otherwise(2),
         pl.when(memory.is_null() | (memory == "all")).then(pl.lit("")).otherwise(memory),
+        pl.col("control").fill_null(""),
     ]
 
 
@@ -75,10 +78,12 @@ def _variant(row: dict[str, Any]) -> str:
     parts = []
     if row["method"] == "latent_mas":
         parts.append(f"m={row['latent_steps']}")
-        if row["realign"] is False:
+        if row["realign"] is False and "map_random" not in (row.get("control") or ""):
             parts.append("no realign")
     if row["memory"] not in (None, "all"):
         parts.append(f"memory={row['memory']}")
+    if row.get("control"):
+        parts.append(control_label(row["control"]))
     return ", ".join(parts)
 
 
@@ -99,6 +104,8 @@ def short_label(row: dict[str, Any]) -> str:
         tail.append(f"m={row['latent_steps']}" + ("" if row["realign"] is not False else " noRA"))
     if row["memory"] not in (None, "all"):
         tail.append(f"mem={row['memory']}")
+    if row.get("control"):
+        tail.append(control_label(row["control"]))
     return head + ("\n" + " ".join(tail) if tail else "")
 
 

@@ -25,7 +25,7 @@ _ABSENT = "<absent>"
 
 SAMPLE_SCHEMA: dict[str, Any] = {
     "model": pl.String, "task": pl.String, "method": pl.String, "arch": pl.String, "latent_steps": pl.Int64,
-    "realign": pl.Boolean, "memory": pl.String, "seed": pl.Int64, "sample_id": pl.String, "ok": pl.Boolean,
+    "realign": pl.Boolean, "memory": pl.String, "control": pl.String, "seed": pl.Int64, "sample_id": pl.String, "ok": pl.Boolean,
     "correct": pl.Boolean, "tokens_prompt": pl.Int64, "tokens_latent": pl.Int64, "tokens_generated": pl.Int64,
     "tokens_total": pl.Int64, "wall_s": pl.Float64, "strict_correct": pl.Boolean,
 }
@@ -93,7 +93,7 @@ def check_record(rec: Any, where: Callable[[], str]) -> None:
 def _sample_row(rec: dict[str, Any]) -> dict[str, Any]:
     ok = rec["status"] == "ok"
     tok = rec.get("tokens") if ok else None  # a failed sample's partial cost is not averaged (docs/TABLES.md)
-    row = {k: rec[k] for k in SETTING_KEY}
+    row = {k: rec.get(k) for k in SETTING_KEY}  # `control` is absent in records written before controls
     strict = rec.get("strict_correct")  # scored with the original's rules too (scoring.extraction: both)
     if strict is None and rec.get("extraction") == "strict":
         strict = rec["correct"]
@@ -122,7 +122,7 @@ def load_samples(paths: Sequence[str | Path]) -> tuple[pl.DataFrame, list[dict[s
         for i, rec in enumerate(records):
             where = lambda i=i: f"{path}:{_line_number(path, i)}"  # noqa: E731 - line numbers only on error
             check_record(rec, where)
-            key = tuple(rec[k] for k in SETTING_KEY)
+            key = tuple(rec.get(k) for k in SETTING_KEY)
             ident = key + (rec["seed"], rec["sample_id"])
             if ident in seen:
                 p0, i0 = seen[ident]

@@ -1,6 +1,6 @@
 """The numbers of the tables: samples -> per-seed rows -> settings (seeds pooled), with polars.
 
-A *setting* is one configuration ``(model, task, method, arch, latent_steps, realign, memory)``; its seeds are
+A *setting* is one configuration ``(model, task, method, arch, latent_steps, realign, memory, control)``; its seeds are
 replicates. Every number is a pure function of the set of samples: rows are sorted before any arithmetic, float sums
 use :func:`math.fsum` (exactly rounded, so the order of the inputs cannot change a bit), integer sums are exact.
 The confidence intervals are computed per setting from its short list of per-seed accuracies (latentmas.report.stats).
@@ -28,7 +28,7 @@ _COST_SCHEMA: dict[str, Any] = {
 }
 SETTING_SCHEMA: dict[str, Any] = {
     "model": pl.String, "task": pl.String, "method": pl.String, "arch": pl.String, "latent_steps": pl.Int64,
-    "realign": pl.Boolean, "memory": pl.String,
+    "realign": pl.Boolean, "memory": pl.String, "control": pl.String,  # control: docs/CONTROLS.md; null = the method
     "n_seeds": pl.Int64, "seeds": pl.List(pl.Int64), "n_samples": pl.Int64, "n_samples_per_seed": pl.List(pl.Int64),
     "n_correct": pl.Int64, "n_failed": pl.Int64, "accuracy": pl.Float64, "accuracy_strict": pl.Float64,
     "acc_per_seed": pl.List(pl.Float64),

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the package from this checkou
 #      `latentmas run --config FILE --cell ID` sees exactly the cells and settings the pipeline runs.
 #      Cell id = {model}/{task}/{variant}/seed{seed}; variant = baseline | text_mas-{arch} |
 #      latent_mas-{arch}-k{steps}-{realign|norealign}[-mem_{memory}]  (memory suffix only when not "all")
+#      [-{control}]  (controls beside latent_mas cells: docs/CONTROLS.md)
 # ---------------------------------------------------------------------------------------------------------------------
 from latentmas import contracts as _contracts
 from latentmas.pipeline import experiment as _experiment
@@ -50,7 +51,7 @@ def n_shards(task: str) -> int:
 
 
 def models_needing_align() -> list:
-    return sorted({c["model"] for c in CELLS.values() if c["method"] == "latent_mas" and c["realign"]})
+    return sorted({c["model"] for c in CELLS.values() if c["method"] == "latent_mas" and _experiment.needs_align(c)})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def table_output(name):
 def infer_inputs(wc) -> dict:
     c = cell_of(wc)
     ins = {"model": model_sentinel(c["model"]), "data": data_file(c["task"])}
-    if c["method"] == "latent_mas" and c["realign"]:
+    if c["method"] == "latent_mas" and _experiment.needs_align(c):
         ins["align"] = align_file(c["model"])
     return ins
 
