@@ -26,7 +26,7 @@ check-model: model
 	latentmas check-model $(MODEL_DIR)
 
 bench: model
-	latentmas bench $(MODEL_DIR) --n 4 --batch-size 4 --max-new-tokens 64 --json reports/bench.json
+	latentmas bench $(MODEL_DIR) --out-dir reports/bench
 
 # Unit + integration tests, offline, tiny random models; the SLURM harness brings up a real one-node SLURM.
 test: install

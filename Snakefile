@@ -30,6 +30,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/significance.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/audit.smk"
+include: "workflow/rules/bench.smk"
 
 
 localrules:

@@ -118,12 +118,24 @@ def check_batch_invariance(lm: LoadedModel, mapper: LatentMapper, steps: int = 1
     return _compare("batch_invariance", batched, alone, rtol, f"; prompts of {len(idx)} different lengths")
 
 
-def check_alignment(lm: LoadedModel, al, tol: float = 1e-4) -> CheckResult:
+def _alignment_matrices(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_out, W_in) in float64 as W_a was solved for: from the weight files when they can be read (so a bf16 model
+    is checked against the weights W_a came from, not their bf16 rounding), else from the loaded model."""
     from latentmas.engine.alignment import _effective_input_embeddings, _output_matrix
+    from latentmas.engine.weight_files import WeightFileError, locate
 
-    with torch.no_grad():
+    try:
+        src = locate(lm.path)
+        return (src.head_rows(0, src.vocab).to(lm.device).double(),
+                src.effective_embedding_rows(0, src.vocab).to(lm.device).double())
+    except (WeightFileError, OSError):
         wo = _output_matrix(lm.model).double()
-        wi = _effective_input_embeddings(lm.model, slice(0, wo.shape[0])).double()
+        return wo, _effective_input_embeddings(lm.model, slice(0, wo.shape[0])).double()
+
+
+def check_alignment(lm: LoadedModel, al, tol: float = 1e-4) -> CheckResult:
+    with torch.no_grad():
+        wo, wi = _alignment_matrices(lm)
         w = al.w_a.double().to(wo.device)
         grad = wo.T @ (wo @ w - wi) + al.ridge_lambda * w
         rhs = wo.T @ wi
@@ -133,10 +145,11 @@ def check_alignment(lm: LoadedModel, al, tol: float = 1e-4) -> CheckResult:
 
 
 def run_checks(lm: LoadedModel, steps: int = 10, rtol: float = 1e-4, fault: str | None = None,
-               ridge_lambda: float = 1e-5, batch_rtol: float = 2e-3) -> list[CheckResult]:
-    from latentmas.engine.alignment import compute_alignment_isolated
+               ridge_lambda: float = 1e-5, batch_rtol: float = 2e-3, align_file: str | None = None) -> list[CheckResult]:
+    from latentmas.engine.alignment import load_or_compute
 
-    al = compute_alignment_isolated(lm.path, ridge_lambda, str(lm.device))  # never in-process: see its docstring
+    # never computed in-process (see compute_alignment_isolated); a matching align_file is reused
+    al = load_or_compute(lm.model, align_file, ridge_lambda, model_path=lm.path)
     mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
     shift = 1 if fault == "positions" else 0
     # check_alignment's float64 products come last: they must not precede the float32 checks (see
@@ -152,7 +165,11 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--rtol", type=float, default=1e-4, help="hand-off tolerance, relative to max |logit|")
     ap.add_argument("--batch-rtol", type=float, default=2e-3, help="batched-vs-alone tolerance (see docs)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32",
+                    help="compute dtype of the checked model (float32 is the exactness reference; bfloat16 measures "
+                         "what a bf16 run deviates by — loosen --rtol/--batch-rtol accordingly, see docs/ENGINE.md)")
     ap.add_argument("--chat-template", default=None)
+    ap.add_argument("--align-file", default=None, help="cached W_a file (reused if it matches, else written)")
     ap.add_argument("--inject-fault", choices=["positions"], default=None,
                     help="deliberately break the hand-off to show the check catches it")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -161,15 +178,18 @@ def cli_main(argv: list[str]) -> int:
     from latentmas.engine.models import ModelLoadError, load_model
 
     try:
-        lm = load_model(args.model, dtype="float32", device=args.device, chat_template=args.chat_template)
+        lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
     except ModelLoadError as exc:
         print(f"latentmas check-model: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    results = run_checks(lm, args.steps, args.rtol, args.inject_fault, batch_rtol=args.batch_rtol)
+    results = run_checks(lm, args.steps, args.rtol, args.inject_fault, batch_rtol=args.batch_rtol,
+                         align_file=args.align_file)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
-        print(f"check-model {args.model} (fp32, {lm.device}, {args.steps} latent steps)")
+        dtype = str(lm.dtype).replace("torch.", "")
+        print(f"check-model {args.model} ({dtype}, {lm.device}, {torch.get_num_threads()} threads, "
+              f"{args.steps} latent steps)")
         for r in results:
             print(f"  {'PASS' if r.passed else 'FAIL'}  {r.name:22s} {r.detail}")
     ok = all(r.passed for r in results)

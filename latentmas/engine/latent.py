@@ -10,6 +10,7 @@ agent and step) and its later steps are fed a zero vector so the other samples o
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,17 +19,26 @@ from latentmas.engine.kv import SequenceBatch, extend
 
 
 class LatentMapper:
-    """h → (h · W_a or h) → rescaled to ``target_norm``; computed in float32 whatever the model dtype."""
+    """h → (h · W_a or h) → rescaled to ``target_norm``; one device matmul per step.
 
-    def __init__(self, target_norm: float, w_a: torch.Tensor | None, device: torch.device, dtype: torch.dtype):
+    ``matmul_dtype`` is the dtype W_a is applied in (default float32 whatever the model dtype; the measured error of
+    the compute dtype instead is in docs/ENGINE.md). The norm and rescale are always float32; the fed vector is cast
+    to the model dtype at the end.
+    """
+
+    def __init__(self, target_norm: float, w_a: torch.Tensor | None, device: torch.device, dtype: torch.dtype,
+                 matmul_dtype: torch.dtype = torch.float32):
         self.target_norm = float(target_norm)
-        self.w_a = None if w_a is None else w_a.to(device=device, dtype=torch.float32)
+        self.matmul_dtype = matmul_dtype
+        self.w_a = None if w_a is None else w_a.to(device=device, dtype=matmul_dtype).contiguous()  # [d, d]
         self.dtype = dtype
 
     def __call__(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = hidden.to(torch.float32)
+        """hidden [B, d] → (fed vector [B, d] in the model dtype, norm before rescaling [B] float32)."""
         if self.w_a is not None:
-            x = x @ self.w_a
+            x = (hidden.to(self.matmul_dtype) @ self.w_a).to(torch.float32)
+        else:
+            x = hidden.to(torch.float32)
         norms = x.norm(dim=-1)
         scaled = x * (self.target_norm / norms.clamp_min(1e-12))[:, None]
         return scaled.to(self.dtype), norms
@@ -42,26 +52,29 @@ class RolloutTrace:
 
 def latent_rollout(model, batch: SequenceBatch, hidden: torch.Tensor, steps: int, mapper: LatentMapper,
                    agent: str, alive: torch.Tensor | None = None,
-                   observer=None) -> tuple[torch.Tensor, RolloutTrace]:
+                   observer: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                   ) -> tuple[torch.Tensor, RolloutTrace]:
     """Run ``steps`` latent steps from ``hidden`` ([B, d]); return the last hidden state and a per-sample trace.
 
-    ``observer(step, hidden, vec)``, when given, sees each step's mapped state ``hidden`` [B, d] and the vector fed
-    back ``vec`` [B, d] (mapped, rescaled, zero for failed samples); None costs nothing per step.
+    The per-step bookkeeping (norms, first non-finite step) stays on the device and is copied to the host once at
+    the end: a step costs its forward and no host synchronisation. ``observer(step, hidden, vec)``, when given, is
+    called once per step with the state that was mapped ([B, d]) and the vector fed back ([B, d], mapped, rescaled,
+    zeroed for failed samples); without one nothing is added to the step.
     """
     bsz = hidden.shape[0]
-    trace = RolloutTrace(norms=[[] for _ in range(bsz)], failed_at=[None] * bsz)
-    ok = torch.ones(bsz, dtype=torch.bool, device=hidden.device) if alive is None else alive.clone()
-    ones = torch.ones(bsz, 1, dtype=torch.long, device=hidden.device)
+    device = hidden.device
+    ok = torch.ones(bsz, dtype=torch.bool, device=device) if alive is None else alive.to(device).clone()
+    failed_at = torch.full((bsz,), -1, dtype=torch.long, device=device)
+    norms = torch.empty(bsz, steps, dtype=torch.float32, device=device)  # [B, steps]
+    ones = torch.ones(bsz, 1, dtype=torch.long, device=device)
     for step in range(steps):
-        vec, norms = mapper(hidden)
+        vec, norms[:, step] = mapper(hidden)
         finite = torch.isfinite(vec).all(dim=-1) & torch.isfinite(hidden).all(dim=-1)
-        for b in range(bsz):
-            trace.norms[b].append(float(norms[b]))
-            if ok[b] and not bool(finite[b]):
-                trace.failed_at[b] = step
-        ok &= finite
+        failed_at = torch.where(ok & ~finite & (failed_at < 0), step, failed_at)
+        ok = ok & finite
         vec = torch.where(ok[:, None], vec, torch.zeros_like(vec))
         if observer is not None:
             observer(step, hidden, vec)
         hidden = extend(model, batch, ones, inputs_embeds=vec[:, None, :], want="hidden", agent=agent, kind="latent")
+    trace = RolloutTrace(norms=norms.tolist(), failed_at=[None if s < 0 else s for s in failed_at.tolist()])
     return hidden, trace

@@ -79,7 +79,16 @@ def _decode_agent(lm: LoadedModel, batch: SequenceBatch, prompts: list[list[int]
                   name: str, gens, alive: torch.Tensor):
     ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
     logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
-    return decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive)
+    return decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive,
+                  context_ids=ids, context_mask=mask)
+
+
+def _synced_clock(device: torch.device) -> float:
+    """perf_counter after the device finished its queued work: CUDA kernels run asynchronously, so a wall time read
+    without a sync would bill one agent's compute to the next."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _run_single_matched(lm, topo, samples, settings, mapper, prompts, alive) -> list[SampleOutput]:
@@ -141,7 +150,7 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
         return _run_single_matched(lm, topo, samples, settings, mapper, prompts, alive)
 
     for a_idx, agent in enumerate(topo.agents):
-        t0 = time.perf_counter()
+        t0 = _synced_clock(lm.device)
         rendered = [render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
                                 settings.think) for i, s in enumerate(samples)]
         prompts = [encode(tok, r) for r in rendered]
@@ -157,7 +166,7 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
             lensed = observer.finish(trace.norms) if observer is not None else None
             if settings.control.scope == "handoff":
                 shared = controls.handoff_truncate(lm.model, shared, settings.memory, agent.name)
-            wall = (time.perf_counter() - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
+            wall = (_synced_clock(lm.device) - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
             for i in range(bsz):
                 failed = trace.failed_at[i]
                 if failed is not None and alive[i]:
@@ -186,7 +195,7 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
             limit = settings.agent_max_new_tokens
         dec_settings = replace(settings.decode, max_new_tokens=limit)  # every sampling knob passes through
         res = _decode_agent(lm, batch, prompts, dec_settings, agent.name, gens, alive)
-        wall = (time.perf_counter() - t0) / bsz
+        wall = (_synced_clock(lm.device) - t0) / bsz
         for i in range(bsz):
             text = tok.decode(res.tokens[i], skip_special_tokens=True)
             if res.nonfinite_at[i] is not None and alive[i]:

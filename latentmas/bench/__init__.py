@@ -1,0 +1,1 @@
+"""``latentmas bench``: measurement (``measure``), reporting (``report``) and the command line (``cli``)."""

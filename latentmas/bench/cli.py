@@ -1,0 +1,149 @@
+"""``latentmas bench MODEL``: every cost side by side in one process (docs/BENCH.md).
+
+Parts (each can be skipped): step costs (latent vs decode step at several context lengths and batch sizes),
+end to end per method and architecture on the same samples (interleaved, repeated), batch scaling, W_a (fresh
+computation from the weight files, cached load). Writes ``NAME.json`` (with the ``summary`` of target ratios),
+``NAME.md`` and ``NAME.png`` to ``--out-dir`` (``--name``, default ``bench``). Timing targets live here, never in unit tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
+         "scaling_batch_sizes": "1,2", "max_new_tokens": 8, "agent_max_new_tokens": 4, "latent_steps": 2,
+         "archs": "sequential"}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="latentmas bench", description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="model folder")
+    ap.add_argument("--out-dir", default="reports/bench", help="NAME.json, NAME.md, NAME.png go here")
+    ap.add_argument("--name", default="bench", help="file stem of the outputs (the committed snapshot: latest)")
+    ap.add_argument("--task", default="gsm8k")
+    ap.add_argument("--methods", default="baseline,text_mas,latent_mas")
+    ap.add_argument("--archs", default="sequential,hierarchical")
+    ap.add_argument("--n", type=int, default=8, help="samples for end to end and batch scaling")
+    ap.add_argument("--batch-size", type=int, default=4, help="end-to-end batch size")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of end to end and batch scaling")
+    ap.add_argument("--latent-steps", type=int, default=10)
+    ap.add_argument("--max-new-tokens", type=int, default=192, help="final agent (the demo's limit by default)")
+    ap.add_argument("--agent-max-new-tokens", type=int, default=128, help="non-final text_mas agents (demo's)")
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="decode every agent to its limit (fixes the work when comparing with the reference)")
+    ap.add_argument("--contexts", default="128,512,2048", help="step-cost context lengths")
+    ap.add_argument("--step-batch-sizes", default="1,8")
+    ap.add_argument("--step-repeats", type=int, default=10)
+    ap.add_argument("--scaling-batch-sizes", default=None, help="default 1,2,4,8 (CPU) or 1,2,4,8,16,32 (GPU)")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: steps,e2e,scaling,w_a")
+    ap.add_argument("--reference-json", default=None,
+                    help="the original implementation's timing, {\"method\", \"samples_per_s\", \"batch_size\"} "
+                         "(recipe in docs/BENCH.md); adds over_reference_samples_per_s")
+    ap.add_argument("--align-file", default=None,
+                    help="with --skip w_a: the cached W_a to use instead of computing one (e.g. results/align/M...)")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run: " + json.dumps(QUICK))
+    if "--quick" in argv:  # quick settings are defaults: explicit flags still win
+        ap.set_defaults(**QUICK)
+    return ap.parse_args(argv)
+
+
+def _w_a(lm, model_path: str, device: str, repeats: int = 3) -> dict:
+    """Fresh W_a in a child process (``latentmas align``: weight files only), then the cached load as inference
+    does it (file + fingerprint check against the loaded weights)."""
+    from latentmas.engine.alignment import load_or_compute
+    from latentmas.bench.measure import spread
+
+    with tempfile.TemporaryDirectory(prefix="latentmas-bench-") as tmp:
+        out = Path(tmp) / "w_a.safetensors"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "latentmas.cli", "align", "--model", model_path, "--device",
+                               device, "--out", str(out)], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"latentmas align failed:\n{proc.stderr[-2000:]}")
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        loads = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            al = load_or_compute(lm.model, out, child["ridge_lambda"], model_path=model_path)
+            loads.append(time.perf_counter() - t0)
+    return {"al": al, "compute_s": child["compute_s"], "process_wall_s": round(wall, 3), "source": child["source"],
+            "peak_mem_mb": child["peak_mem_mb"], "peak_kind": "CUDA max allocated" if lm.device.type == "cuda" else
+            "child peak RSS (includes mapped weight-file pages and the Python/torch runtime)",
+            "cached_load_s": spread(loads)}
+
+
+def cli_main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from latentmas.bench import measure, report
+    from latentmas.engine.latent import LatentMapper
+    from latentmas.engine.methods import SampleInput
+    from latentmas.engine.models import ModelLoadError, load_model
+    from latentmas.engine.topology import load_topology
+    from latentmas.eval.tasks import get_task
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - {"steps", "e2e", "scaling", "w_a"}
+    if unknown:
+        print(f"latentmas bench: error: unknown --skip part(s) {sorted(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    except ModelLoadError as exc:
+        print(f"latentmas bench: error: {exc}", file=sys.stderr)
+        return 2
+    on_gpu = lm.device.type == "cuda"
+    result: dict = {"environment": report.environment(lm, args.model), "settings": {
+        k: v for k, v in vars(args).items() if k not in {"model", "out_dir", "name", "reference_json"}}}
+    if "w_a" in skip and args.align_file:
+        from latentmas.engine.alignment import load_or_compute
+
+        al = load_or_compute(lm.model, args.align_file, model_path=args.model)
+    else:
+        wa = _w_a(lm, args.model, str(lm.device))  # also the W_a every latent measurement uses
+        if "w_a" not in skip:
+            result["w_a"] = {k: v for k, v in wa.items() if k != "al"}
+        al = wa["al"]
+    mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
+    if "steps" not in skip:
+        result["step_costs"] = measure.step_costs(lm, mapper, _ints(args.contexts), _ints(args.step_batch_sizes),
+                                                  args.step_repeats)
+    task = get_task(args.task)
+    recs = task.load()[: args.n]
+    samples = [SampleInput(r["id"], task.user_prompt(r), task.answer_instruction, i) for i, r in enumerate(recs)]
+    vs = measure.variants(args.methods.split(","), args.archs.split(","))
+    topologies = {v.arch: load_topology(v.arch) for v in vs}
+    settings = {"max_new_tokens": args.max_new_tokens, "agent_max_new_tokens": args.agent_max_new_tokens,
+                "latent_steps": args.latent_steps}
+    run_lm = measure.without_eos(lm) if args.ignore_eos else lm
+    if "e2e" not in skip:
+        result["end_to_end"] = measure.end_to_end(run_lm, topologies, samples, vs, settings, args.batch_size,
+                                                  args.repeats, mapper)
+    if "scaling" not in skip:
+        sizes = _ints(args.scaling_batch_sizes or ("1,2,4,8,16,32" if on_gpu else "1,2,4,8"))
+        scale_vs = [v for v in vs if v.arch in ("single", args.archs.split(",")[0])]
+        result["batch_scaling"] = measure.batch_scaling(run_lm, topologies, samples, scale_vs, settings, sizes,
+                                                        args.repeats, mapper)
+    if args.reference_json:
+        result["reference"] = json.loads(Path(args.reference_json).read_text())
+    result["summary"] = report.summarise(result, on_gpu)
+    paths = report.write(result, Path(args.out_dir), args.name)
+    print(report.markdown(result))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0

@@ -1,0 +1,185 @@
+"""What ``latentmas bench`` writes: the environment stamp, the ``summary`` of target ratios, JSON, Markdown, figure.
+
+The summary names are fixed (docs/bench/latest.json and the README cite them); each entry is
+``{"value", "target", "met"}``. Targets come from the performance issue: a latent step ≤ 0.9 × a decode step,
+latent_mas ≥ 4 × faster than text_mas with ≥ 70 % fewer generated tokens, batch 8 ≥ 2.5 × batch 1 (5 × on a GPU),
+a cached W_a load ≤ 1 s, ≥ 2 × the original implementation's samples/s.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+TARGETS = {"latent_step_over_decode_step": ("<=", 0.9), "text_over_latent_end_to_end": (">=", 4.0),
+           "generated_token_reduction": (">=", 0.70), "w_a_cached_load_s": ("<=", 1.0),
+           "over_reference_samples_per_s": (">=", 2.0)}
+
+
+def environment(lm, model_path: str) -> dict:
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, False
+    dev = lm.device
+    return {"model": lm.name, "model_path": str(model_path), "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or
+            platform.machine(), "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "git_commit": (commit + "-dirty") if commit and dirty else commit}
+
+
+def _entry(name: str, value: float | None, target_override: float | None = None) -> dict:
+    op, target = TARGETS.get(name, (">=", None))
+    target = target if target_override is None else target_override
+    met = None if value is None else (value <= target if op == "<=" else value >= target)
+    return {"value": None if value is None else round(float(value), 4), "target": target, "met": met}
+
+
+def summarise(result: dict, on_gpu: bool) -> dict:
+    """The issue's named ratios from one run's rows (entries absent when their part was not measured)."""
+    s: dict[str, dict] = {}
+    steps = result.get("step_costs") or []
+    if steps:  # the worst context/batch: the target holds at every one
+        s["latent_step_over_decode_step"] = _entry("latent_step_over_decode_step",
+                                                   max(r["latent_over_decode"] for r in steps))
+    e2e = result.get("end_to_end") or {}
+    arch = "sequential" if "latent_mas/sequential" in e2e else next(
+        (k.split("/")[1] for k in e2e if k.startswith("latent_mas/")), None)
+    lat, txt = e2e.get(f"latent_mas/{arch}"), e2e.get(f"text_mas/{arch}")
+    if lat and txt:
+        s["text_over_latent_end_to_end"] = _entry("text_over_latent_end_to_end",
+                                                  txt["s_per_sample"]["median"] / lat["s_per_sample"]["median"])
+        gen_t = txt["generated_tokens_per_sample"]
+        s["generated_token_reduction"] = _entry(
+            "generated_token_reduction", 1 - lat["generated_tokens_per_sample"] / gen_t if gen_t else None)
+    scaling = result.get("batch_scaling") or []
+    by = {(r["variant"], r["batch_size"]): r["samples_per_s"]["median"] for r in scaling}
+    for variant in dict.fromkeys(r["variant"] for r in scaling):
+        if (variant, 1) in by and (variant, 8) in by:
+            method = variant.split("/")[0]
+            if f"batch8_over_batch1.{method}" in s:
+                continue  # one entry per method: the first architecture measured
+            s[f"batch8_over_batch1.{method}"] = _entry("batch8", by[(variant, 8)] / by[(variant, 1)],
+                                                       5.0 if on_gpu else 2.5)
+    w_a = result.get("w_a") or {}
+    if w_a.get("cached_load_s"):
+        s["w_a_cached_load_s"] = _entry("w_a_cached_load_s", w_a["cached_load_s"]["median"])
+    ref = result.get("reference")
+    if ref and lat:
+        ours = e2e.get(f"{ref['method']}/{ref.get('arch', arch)}", e2e.get(ref["method"]))
+        if ours:
+            s["over_reference_samples_per_s"] = _entry("over_reference_samples_per_s",
+                                                       ours["samples_per_s"]["median"] / ref["samples_per_s"])
+    return s
+
+
+def _ms(d: dict) -> str:
+    return f"{d['median']:.1f} [{d['min']:.1f}, {d['max']:.1f}]"
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"# latentmas bench — {env['model']}", "",
+             f"{env['device']} ({env['device_name']}), {env['dtype']}, {env['threads']} threads, torch {env['torch']},"
+             f" transformers {env['transformers']}, commit {env['git_commit']}", "", "## Summary", "",
+             "| ratio | value | target | met |", "|---|---|---|---|"]
+    for name, e in result["summary"].items():
+        lines.append(f"| `{name}` | {e['value']} | {e['target']} | {e['met']} |")
+    if result.get("step_costs"):
+        lines += ["", "## Step costs (ms, median [min, max])", "",
+                  "| context | batch | latent step | decode step | latent/decode |", "|---|---|---|---|---|"]
+        for r in result["step_costs"]:
+            lines.append(f"| {r['context']} | {r['batch_size']} | {_ms(r['latent_ms'])} | {_ms(r['decode_ms'])} | "
+                         f"{r['latent_over_decode']:.2f} |")
+    if result.get("end_to_end"):
+        lines += ["", "## End to end (same samples, greedy, interleaved batch by batch)", "",
+                  "| variant | s/sample | samples/s | generated tok/sample | latent steps/sample | peak MB | "
+                  "KV bytes handed/sample |", "|---|---|---|---|---|---|---|"]
+        for k, r in result["end_to_end"].items():
+            kv = "" if r["kv_bytes_handed_per_sample"] is None else f"{r['kv_bytes_handed_per_sample'] / 2**20:.1f} MiB"
+            lines.append(f"| {k} | {_ms(r['s_per_sample'])} | {r['samples_per_s']['median']:.3f} | "
+                         f"{r['generated_tokens_per_sample']:.1f} | {r['latent_steps_per_sample']:.1f} | "
+                         f"{r['peak_mem_mb']} | {kv} |")
+    if result.get("batch_scaling"):
+        lines += ["", "## Batch scaling (samples/s, median [min, max])", "", "| variant | batch | samples/s | peak MB |",
+                  "|---|---|---|---|"]
+        for r in result["batch_scaling"]:
+            sp = r["samples_per_s"]
+            lines.append(f"| {r['variant']} | {r['batch_size']} | {sp['median']:.3f} [{sp['min']:.3f}, "
+                         f"{sp['max']:.3f}] | {r['peak_mem_mb']} |")
+    if result.get("w_a"):
+        w = result["w_a"]
+        lines += ["", "## W_a", "", f"computed from the weight files in a fresh process: {w['compute_s']} s "
+                  f"(process wall {w['process_wall_s']} s), peak memory {w['peak_mem_mb']} MB ({w['peak_kind']}); "
+                  f"cached load {w['cached_load_s']['median']:.3f} s (median of {w['cached_load_s']['n']})"]
+    lines += ["", "Settings: `" + json.dumps(result["settings"]) + "`", ""]
+    return "\n".join(lines)
+
+
+def _plain_ticks(ax, values: list[int]) -> None:
+    if values:
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+
+
+def figure(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    steps = result.get("step_costs") or []
+    for bsz in sorted({r["batch_size"] for r in steps}):
+        rows = [r for r in steps if r["batch_size"] == bsz]
+        ctx = [r["context"] for r in rows]
+        axes[0].plot(ctx, [r["decode_ms"]["median"] for r in rows], "o-", label=f"decode step, batch {bsz}")
+        axes[0].plot(ctx, [r["latent_ms"]["median"] for r in rows], "s--", label=f"latent step, batch {bsz}")
+    axes[0].set(xlabel="context length (tokens)", ylabel="ms per step", title="Step cost", xscale="log")
+    _plain_ticks(axes[0], sorted({r["context"] for r in steps}))
+    e2e = result.get("end_to_end") or {}
+    keys = list(e2e)
+    axes[1].bar(range(len(keys)), [e2e[k]["s_per_sample"]["median"] for k in keys],
+                yerr=[[e2e[k]["s_per_sample"]["median"] - e2e[k]["s_per_sample"]["min"] for k in keys],
+                      [e2e[k]["s_per_sample"]["max"] - e2e[k]["s_per_sample"]["median"] for k in keys]], capsize=3)
+    axes[1].set_xticks(range(len(keys)), keys, rotation=20, ha="right")
+    axes[1].set(ylabel="seconds per sample", title="End to end (median, min–max)")
+    scaling = result.get("batch_scaling") or []
+    for variant in dict.fromkeys(r["variant"] for r in scaling):
+        rows = [r for r in scaling if r["variant"] == variant]
+        axes[2].plot([r["batch_size"] for r in rows], [r["samples_per_s"]["median"] for r in rows], "o-",
+                     label=variant)
+    axes[2].set(xlabel="batch size", ylabel="samples/s", title="Batch scaling", xscale="log")
+    _plain_ticks(axes[2], sorted({r["batch_size"] for r in scaling}))
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    env = result["environment"]
+    fig.suptitle(f"{env['model']} · {env['device']} · {env['dtype']} · {env['threads']} threads · "
+                 f"commit {env['git_commit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write(result: dict, out_dir: Path, name: str = "bench") -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from latentmas.records import atomic_path
+
+    paths = [out_dir / f"{name}.{ext}" for ext in ("json", "md", "png")]
+    with atomic_path(paths[0]) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    with atomic_path(paths[1]) as tmp:
+        Path(tmp).write_text(markdown(result))
+    with atomic_path(paths[2]) as tmp:
+        figure(result, Path(tmp))
+    return paths

@@ -1,0 +1,73 @@
+"""`latentmas bench`: the summary's names and target logic, and one smoke run on a tiny model (no timing asserted:
+timing targets live in the benchmark's output, never in unit tests)."""
+from __future__ import annotations
+
+import json
+
+from latentmas.bench.report import summarise
+
+SUMMARY_NAMES = {"latent_step_over_decode_step", "text_over_latent_end_to_end", "generated_token_reduction",
+                 "w_a_cached_load_s"}
+
+
+def _sp(x):
+    return {"median": x, "min": x, "max": x, "n": 1}
+
+
+def _constructed():
+    e2e = {"baseline": {"s_per_sample": _sp(1.0), "samples_per_s": _sp(1.0), "generated_tokens_per_sample": 50},
+           "text_mas/sequential": {"s_per_sample": _sp(8.0), "samples_per_s": _sp(0.125),
+                                   "generated_tokens_per_sample": 400},
+           "latent_mas/sequential": {"s_per_sample": _sp(1.6), "samples_per_s": _sp(0.625),
+                                     "generated_tokens_per_sample": 100}}
+    steps = [{"latent_over_decode": 0.7}, {"latent_over_decode": 0.95}]
+    scaling = [{"variant": v, "batch_size": b, "samples_per_s": _sp(r)}
+               for v, rates in (("baseline", (1.0, 3.0)), ("text_mas/sequential", (0.1, 0.2)),
+                                ("latent_mas/sequential", (0.5, 1.5)))
+               for b, r in zip((1, 8), rates)]
+    return {"step_costs": steps, "end_to_end": e2e, "batch_scaling": scaling,
+            "w_a": {"cached_load_s": _sp(0.2)}}
+
+
+def test_summary_names_values_and_targets():
+    """Catches a renamed entry (docs/bench/latest.json and the README cite these names), a ratio computed upside
+    down (latent/text instead of text/latent), the best step ratio reported instead of the worst, and a CPU run
+    judged against the GPU batch-scaling target."""
+    s = summarise(_constructed(), on_gpu=False)
+    assert set(s) == SUMMARY_NAMES | {f"batch8_over_batch1.{m}" for m in ("baseline", "text_mas", "latent_mas")}
+    assert all(set(e) == {"value", "target", "met"} for e in s.values())
+    assert s["text_over_latent_end_to_end"] == {"value": 5.0, "target": 4.0, "met": True}
+    assert s["generated_token_reduction"] == {"value": 0.75, "target": 0.7, "met": True}
+    assert s["latent_step_over_decode_step"] == {"value": 0.95, "target": 0.9, "met": False}
+    assert s["batch8_over_batch1.text_mas"] == {"value": 2.0, "target": 2.5, "met": False}
+    assert s["batch8_over_batch1.baseline"]["met"] is True
+    assert summarise(_constructed(), on_gpu=True)["batch8_over_batch1.baseline"] == {"value": 3.0, "target": 5.0,
+                                                                                     "met": False}
+    assert s["w_a_cached_load_s"]["met"] is True and "over_reference_samples_per_s" not in s
+
+
+def test_reference_ratio_only_when_timed():
+    """Catches an over_reference entry invented without a reference timing, or computed against the wrong method."""
+    r = _constructed()
+    r["reference"] = {"method": "latent_mas", "arch": "sequential", "samples_per_s": 0.25, "batch_size": 4}
+    assert summarise(r, on_gpu=False)["over_reference_samples_per_s"] == {"value": 2.5, "target": 2.0, "met": True}
+
+
+def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
+    """The command end to end on a tiny model with the smallest settings: JSON with environment stamp and summary,
+    Markdown and figure written; W_a taken from the weight files in a fresh process."""
+    from latentmas.bench.cli import cli_main
+
+    out = tmp_path / "bench"
+    rc = cli_main([str(tiny_model_dir("llama")), "--quick", "--out-dir", str(out), "--device", "cpu",
+                   "--contexts", "16", "--step-batch-sizes", "1,2", "--step-repeats", "1", "--n", "2",
+                   "--scaling-batch-sizes", "1,2", "--methods", "text_mas,latent_mas"])
+    assert rc == 0
+    result = json.loads((out / "bench.json").read_text())
+    env = result["environment"]
+    assert {"model", "device", "dtype", "threads", "torch", "transformers", "git_commit"} <= set(env)
+    assert result["w_a"]["source"] == "weight-files"
+    assert set(result["summary"]) == SUMMARY_NAMES  # no batch8_over_batch1.*: batch 8 was not in the scaling sizes
+    lat = result["end_to_end"]["latent_mas/sequential"]
+    assert lat["kv_bytes_handed_per_sample"] > 0 and lat["latent_steps_per_sample"] == 3 * 2
+    assert (out / "bench.md").read_text().startswith("# latentmas bench") and (out / "bench.png").stat().st_size
