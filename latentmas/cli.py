@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("latentmas.report.figures", "draw the figures from the aggregate table"),
     "check-model": ("latentmas.engine.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
     "bench": ("latentmas.pipeline.bench", "measure throughput of each method on a model"),
+    "compare-backends": ("latentmas.pipeline.compare_backends", "HF vs vLLM backend on the same samples: equivalence, samples/s"),
     "make-tiny-model": ("latentmas.engine.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
 }
 

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from latentmas import __version__
+from latentmas.engine.backends import BACKENDS
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput
 from latentmas.records import RecordWriter, repair
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,13 @@ class CellSpec:
     ridge_lambda: float | None
     topology_digest: str
     n: int | None
+    backend: str = "hf"
 
     def config_hash(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        if fields["backend"] == "hf":  # the reference backend hashes as before the option existed: old shards resume
+            del fields["backend"]
+        blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -155,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="open a thinking block (models whose template supports it); model = template default")
     ap.add_argument("--chat-template", default=None, help="fallback template name or jinja for template-less models")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="device of the HF model (latent_mas agents on any backend)")
+    ap.add_argument("--backend", default="hf", choices=BACKENDS,
+                    help="hf = our transformers loop (the reference); vllm = vLLM decodes (docs/ENGINE.md)")
+    add_vllm_options(ap)
     ap.add_argument("--settings", default=None,
                     help="YAML/JSON file of option values (keys as the long options, '-' or '_'); flags override")
     ap.add_argument("--out", required=True)
@@ -235,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from latentmas.engine.latent import LatentMapper
-    from latentmas.engine.models import load_model, model_name_of
+    from latentmas.engine.models import model_name_of
     from latentmas.eval.tasks import get_task
     from latentmas.engine.topology import load_topology
 
@@ -261,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         agent_max_new_tokens=args.agent_max_new_tokens if method == "text_mas" else None, think=think,
         dtype=args.dtype, ridge_lambda=args.ridge_lambda if (is_latent and args.realign) else None,
-        topology_digest=topo.digest, n=args.n,
+        topology_digest=topo.digest, n=args.n, backend=args.backend,
     )
     cfg_hash = spec.config_hash()
     out = Path(args.out)
@@ -280,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         out.touch()
         return 0
 
-    lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    backend = open_backend(args, run_with_backoff)
+    lm = backend.lm
     mapper = None
     if is_latent:
         from latentmas.engine.alignment import load_or_compute, target_norm
@@ -326,15 +335,42 @@ def run(args: argparse.Namespace) -> int:
                            "total": prompt + latent + generated},
                 "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
                 "device": device_desc, "batch_size": args.batch_size, "versions": versions,
+                "vllm": backend.describe(),
             }
 
-        def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:
-            return run_batch(lm, topo, batch, settings, mapper)
-
         t0 = time.perf_counter()
-        for start in range(0, len(todo), args.batch_size):
-            batch = [to_input(r) for r in todo[start:start + args.batch_size]]
-            run_with_backoff(run_fn, batch, on_done)
+        backend.run_shard(topo, [to_input(r) for r in todo], settings, mapper, on_done)
         bar.close()
     log.info("%s: %d samples in %.1f s", out, len(todo), time.perf_counter() - t0)
     return 0
+
+
+def add_vllm_options(ap: argparse.ArgumentParser) -> None:
+    """Layout of the vLLM engine (--backend vllm only; placement, so not part of the config hash)."""
+    g = ap.add_argument_group("vLLM layout (--backend vllm)")
+    g.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.5,
+                   help="share of the GPU vLLM may take; leave room for the HF model when they share one GPU")
+    g.add_argument("--vllm-tensor-parallel-size", type=int, default=1)
+    g.add_argument("--vllm-max-model-len", type=int, default=None, help="default: the model's own")
+    g.add_argument("--vllm-cuda-visible-devices", default=None,
+                   help="GPUs of the vLLM engine only, e.g. 1 (the HF model then uses --device cuda:0)")
+    g.add_argument("--vllm-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--vllm-cpu-kv-cache-gb", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE on CPU machines")
+
+
+def open_backend(args: argparse.Namespace, backoff):
+    """The backend of this run: the HF model loaded, or the vLLM engine started (checks run first)."""
+    if args.backend == "hf":
+        from latentmas.engine.backends.hf import HFBackend
+        from latentmas.engine.models import load_model
+
+        lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+        return HFBackend(lm, args.batch_size, backoff)
+    from latentmas.engine.backends import vllm as vb
+
+    options = vb.VLLMOptions(
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization, tensor_parallel_size=args.vllm_tensor_parallel_size,
+        enable_prefix_caching=args.vllm_prefix_caching, max_model_len=args.vllm_max_model_len,
+        cuda_visible_devices=args.vllm_cuda_visible_devices, cpu_kv_cache_gb=args.vllm_cpu_kv_cache_gb)
+    return vb.open_backend(args.model, args.method, args.memory if args.method == "latent_mas" else None,
+                           args.dtype, args.device, args.chat_template, options, args.batch_size, backoff)
