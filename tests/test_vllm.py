@@ -129,6 +129,33 @@ def test_unsupported_combinations_are_refused_early(tiny_model_dir, tmp_path):
     check_supported(qwen, "latent_mas", "all")  # the supported case passes
 
 
+def test_sampling_params_keep_the_decoding_meaning():
+    """greedy -> temperature 0 (no seed needed); sampling -> the same temperature/top_p, a per-request seed, and the
+    optional fields (top_k, min_p, repetition_penalty) passed through with their 'off' values when absent.
+    Catches: vLLM's default temperature 1.0 used for greedy, EOS ids not stopping, a dropped sampling knob."""
+    from dataclasses import dataclass
+
+    from latentmas.engine.backends.vllm import sampling_params
+
+    g = sampling_params(DecodeSettings(max_new_tokens=7, greedy=True), 7, [3, 5], seed=None)
+    assert g.temperature == 0.0 and g.max_tokens == 7 and set(g.stop_token_ids) == {3, 5}
+    s = sampling_params(DecodeSettings(max_new_tokens=9, greedy=False, temperature=0.7, top_p=0.9), 9, [3], seed=11)
+    assert (s.temperature, s.top_p, s.seed, s.top_k, s.min_p, s.repetition_penalty) == (0.7, 0.9, 11, 0, 0.0, 1.0)
+
+    @dataclass(frozen=True)
+    class Richer:  # the decode settings with the extra fields the HF decoder may honour
+        max_new_tokens: int = 4
+        greedy: bool = False
+        temperature: float = 0.5
+        top_p: float = 1.0
+        top_k: int = 20
+        min_p: float = 0.05
+        repetition_penalty: float = 1.1
+
+    r = sampling_params(Richer(), 4, [3], seed=1)
+    assert (r.top_k, r.min_p, r.repetition_penalty) == (20, 0.05, 1.1)
+
+
 def test_run_refuses_before_loading(tiny_model_dir, tmp_path, capsys):
     """`latentmas run --backend vllm --memory previous` exits 2 with the reason and writes nothing."""
     from latentmas.pipeline.runner import cli_main

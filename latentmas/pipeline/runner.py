@@ -11,6 +11,8 @@ Guarantees a cluster user relies on:
   settings is refused (naming the file and both hashes) instead of mixing results;
 * **fault-contained**: a non-finite latent vector or logits fails that sample with the reason; CUDA OOM retries the
   batch at half size down to 1, then records those samples as failed; the shard carries on.
+
+``--backend`` picks who computes (:mod:`latentmas.engine.backends`): ``hf`` (default, the reference) or ``vllm``.
 """
 from __future__ import annotations
 
