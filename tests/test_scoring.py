@@ -10,7 +10,7 @@ import pytest
 
 import latentmas
 from latentmas.records import read_records
-from latentmas.eval.scoring import ScoringError, cli_main, partial_path, score_records
+from latentmas.eval.scoring import SCORE_KEYS, ScoringError, cli_main, partial_path, score_records
 from latentmas.eval.tasks import get_task
 from latentmas.eval.tasks.fetch import cli_main as fetch_main
 
@@ -54,7 +54,8 @@ def test_score_cli_four_outcomes(tmp_path, gsm8k_parquet):
         (None, False, "no_answer"),
     ]
     for src, g in zip(_gsm8k_rows(), got):  # the inference record is kept whole
-        assert {k: v for k, v in g.items() if k not in ("prediction", "correct", "reason")} == src
+        assert {k: v for k, v in g.items() if k not in SCORE_KEYS} == src
+        assert g["sandbox"] is None  # no code ran
     assert not [p for p in out.parent.iterdir() if p.name != "out.jsonl"]  # no temp files left
 
 
@@ -144,6 +145,7 @@ def fake_sandbox(monkeypatch):
 
     mod = types.ModuleType("latentmas.eval.sandbox")
     mod.check_solution = check_solution
+    mod.isolation_mode = lambda limits=None: "fake-mode"
     monkeypatch.setitem(sys.modules, "latentmas.eval.sandbox", mod)
     import latentmas.eval
 
@@ -189,6 +191,7 @@ def test_code_scoring_resumes_after_a_kill(tmp_path, fake_sandbox):
     assert [g["reason"] for g in got] == ["correct", "failed_tests", "correct", "failed_tests", "correct",
                                           "inference_failed: cuda oom", "no_answer"]
     assert got[0]["prediction"] == "from typing import List\ndef has_close_elements(*a):\n    return True\n"
+    assert {g["sandbox"] for g in got} == {"fake-mode"}  # every scored code record names the isolation mode
 
 
 def test_code_partial_is_ignored_when_the_record_changed(tmp_path, fake_sandbox):
@@ -204,7 +207,7 @@ def test_code_partial_is_ignored_when_the_record_changed(tmp_path, fake_sandbox)
 
 
 # ------------------------------------------------------------------------------------ the real sandbox
-# These use latentmas/eval/sandbox.py (check_solution(solution, problem, dataset) -> CodeVerdict); each check runs the
+# These use latentmas/eval/sandbox/ (check_solution(solution, problem, dataset) -> CodeVerdict); each check runs the
 # evalplus base+plus tests in a subprocess, so only a handful of problems are used.
 
 
@@ -243,6 +246,20 @@ def test_real_sandbox_mbpp_canonical_passes_and_wrong_fails():
     wrong = "```python\ndef similar_elements(a, b):\n    return tuple(a)\n```"
     res = task.score(wrong, rec)
     assert res.correct is False and res.reason == "failed_tests"
+
+
+def test_real_sandbox_mode_is_in_the_scored_record():
+    """The scored record names the isolation the program ran under (a scorer that dropped or guessed the field, or
+    a sandbox that fell back silently, would not match the verdict's own record)."""
+    from latentmas.eval import sandbox
+
+    rec = _by_id("humanevalplus")["humanevalplus/HumanEval/0"]
+    code = rec["extras"]["prompt"] + rec["extras"]["canonical_solution"]
+    row = _rec("humanevalplus", rec["id"], f"```python\n{code}\n```", rec["gold"])
+    (scored,) = score_records([row], "humanevalplus", {rec["id"]: rec})
+    verdict = sandbox.check_solution(code, rec["extras"], "humaneval")
+    assert scored["correct"] and scored["sandbox"] == verdict.sandbox == sandbox.isolation_mode()
+    assert scored["sandbox"] in sandbox.MODES
 
 
 def test_evalplus_problem_is_the_release_form_copy():

@@ -1,12 +1,14 @@
 """``latentmas score``: inference records in, scored records out. Inference never scores; this is the only place.
 
-Each scored record is the inference record plus three keys (docs/DESIGN.md):
+Each scored record is the inference record plus four keys (docs/DESIGN.md):
 
 * ``prediction``: the extracted answer (a canonical number, a letter, or the program for code tasks), or null;
 * ``correct``: bool;
 * ``reason``: ``correct``, ``wrong``, ``no_answer``, ``inference_failed: <error>`` (a record with
   ``status == "failed"``: scored incorrect, never dropped), and for code the sandbox's status: ``failed_tests``,
-  ``timeout``, ``memory``, ``killed``, ``error: <msg>``.
+  ``timeout``, ``memory``, ``killed``, ``error: <msg>``;
+* ``sandbox``: for code tasks the isolation mode the programs ran under (``bwrap+seccomp``, ``bwrap``,
+  ``namespaces``, ``basic``: latentmas/eval/sandbox/isolation.py), null for the other tasks.
 
 A record whose ``sample_id`` is not in the dataset, or whose ``gold`` differs from the dataset's, stops scoring with
 an error naming the id: it means the records were made from another dataset file.
@@ -33,7 +35,7 @@ from latentmas.eval.tasks.base import ScoreResult
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("prediction", "correct", "reason")
+SCORE_KEYS = ("prediction", "correct", "reason", "sandbox")
 
 
 class ScoringError(ValueError):
@@ -67,8 +69,18 @@ def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[st
     else:
         raise ScoringError(f"record {sid!r} has status {status!r}; expected 'ok' or 'failed'")
     out = {k: v for k, v in record.items() if k not in SCORE_KEYS}
-    out.update(prediction=result.prediction, correct=bool(result.correct), reason=result.reason)
+    out.update(prediction=result.prediction, correct=bool(result.correct), reason=result.reason,
+               sandbox=_sandbox_mode(task))
     return out
+
+
+def _sandbox_mode(task: Task) -> str | None:
+    """The isolation mode this process runs code under (asked after the run: an "auto" fallback is decided)."""
+    if task.kind != "code":
+        return None
+    from latentmas.eval import sandbox
+
+    return sandbox.isolation_mode()
 
 
 def score_records(records: Iterable[dict[str, Any]], task: Task | str,
