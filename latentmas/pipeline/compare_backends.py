@@ -97,6 +97,7 @@ def compare(lm, llm, topos: dict, samples: list[SampleInput], settings_of: dict,
                "vllm_errors": [got[s.sample_id].error for s in samples if got[s.sample_id].error]}
         if method == "latent_mas":
             row.update(first_logit_diff(lm, llm, topo, samples, settings, mapper))
+        log.info("%s", json.dumps(row))  # each method as soon as it is measured (a CPU run takes many minutes)
         rows.append(row)
     return rows
 
