@@ -28,6 +28,7 @@ include: "workflow/rules/infer.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/audit.smk"
 
 
 localrules:
@@ -38,9 +39,12 @@ localrules:
     aggregate,
     figures,
     publish,
+    latent_health,
+    audit_pages,
 
 
 rule all:
     input:
         PUBLISHED,
+        AUDIT_OUTPUTS,
     default_target: True

@@ -2,12 +2,15 @@
 
 Each sub-command lives beside the concept it drives (``latentmas.pipeline.runner`` runs shards, ``latentmas.eval.scoring``
 scores, ...) and exposes ``cli_main(argv) -> int``. Imports are lazy so ``latentmas score`` never pays for torch.
+Exit codes, the same for every sub-command (latentmas.contracts): 0 success, 1 failure, 2 bad input (argparse too).
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import sys
+
+from latentmas.contracts import EXIT_BAD_INPUT, EXIT_OK
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-data": ("latentmas.eval.tasks.fetch", "fetch the test split of a task into the common parquet schema"),
@@ -20,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-model": ("latentmas.engine.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
     "bench": ("latentmas.pipeline.bench", "measure throughput of each method on a model"),
     "compare-backends": ("latentmas.pipeline.compare_backends", "HF vs vLLM backend on the same samples: equivalence, samples/s"),
+    "show": ("latentmas.report.audit", "render one sample's audit page (terminal, --html, --vs another method)"),
+    "latent-health": ("latentmas.report.latent_health", "latent health table and lens figures from records"),
     "make-tiny-model": ("latentmas.engine.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),
 }
 
@@ -37,16 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
-        return 0
+        return EXIT_OK
     name, rest = argv[0], argv[1:]
     if name == "--version":
         from latentmas import __version__
 
         print(__version__)
-        return 0
+        return EXIT_OK
     if name not in COMMANDS:
         print(f"latentmas: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.cli_main(rest) or 0)
 

@@ -98,12 +98,12 @@ def run(tmp_path_factory):
     fb = write_jsonl(d / "b.jsonl", b)
     out = d / "out"
     assert agg.cli_main([str(fa), str(fb), "--out-dir", str(out)]) == 0
-    cells = pl.read_parquet(out / "cells.parquet")
-    return {"dir": d, "fa": fa, "fb": fb, "out": out, "cells": cells}
+    settings = pl.read_parquet(out / "settings.parquet")
+    return {"dir": d, "fa": fa, "fb": fb, "out": out, "settings": settings}
 
 
-def cell(cells: pl.DataFrame, **kw) -> dict:
-    df = cells
+def setting(settings: pl.DataFrame, **kw) -> dict:
+    df = settings
     for k, v in kw.items():
         df = df.filter(pl.col(k).is_null() if v is None else pl.col(k) == v)
     assert df.height == 1, (kw, df)
@@ -139,13 +139,13 @@ def test_t_quantile_matches_tables(df):
     assert t_central_prob(T975[df], df) == pytest.approx(0.95, abs=1e-10)
 
 
-# ---------------------------------------------------------------------------------------------------- cells
+# ---------------------------------------------------------------------------------------------------- settings
 
 
-def test_cell_count_and_order(run):
-    cells = run["cells"]
-    assert cells.height == 7
-    keys = cells.select("model", "task", "method", "arch", "latent_steps").rows()
+def test_setting_count_and_order(run):
+    settings = run["settings"]
+    assert settings.height == 7
+    keys = settings.select("model", "task", "method", "arch", "latent_steps").rows()
     assert keys == [
         ("m1", "gsm8k", "baseline", None, None),
         ("m1", "gsm8k", "text_mas", "sequential", None),
@@ -157,8 +157,8 @@ def test_cell_count_and_order(run):
     ]
 
 
-def test_single_seed_cell_uses_wilson(run):
-    r = cell(run["cells"], model="m1", method="baseline")
+def test_single_seed_setting_uses_wilson(run):
+    r = setting(run["settings"], model="m1", method="baseline")
     assert (r["n_samples"], r["n_seeds"], r["n_correct"], r["n_failed"]) == (10, 1, 7, 0)
     assert r["accuracy"] == pytest.approx(0.7)
     lo, hi = wilson_by_hand(7, 10)
@@ -173,7 +173,7 @@ def test_single_seed_cell_uses_wilson(run):
 
 
 def test_three_seed_t_interval(run):
-    r = cell(run["cells"], model="m1", method="text_mas")
+    r = setting(run["settings"], model="m1", method="text_mas")
     assert (r["n_samples"], r["n_seeds"], r["n_correct"]) == (30, 3, 18)
     assert r["acc_per_seed"] == pytest.approx([0.5, 0.6, 0.7])
     assert r["n_samples_per_seed"] == [10, 10, 10]
@@ -195,7 +195,7 @@ def test_three_seed_t_interval(run):
 
 
 def test_identical_seeds_fall_back_to_wilson_and_failed_sample_handling(run):
-    r = cell(run["cells"], model="m1", method="latent_mas", arch="sequential", latent_steps=10)
+    r = setting(run["settings"], model="m1", method="latent_mas", arch="sequential", latent_steps=10)
     # seed 1 sample 9 failed (was incorrect anyway): 8, 8, 8 correct out of 10 each
     assert (r["n_samples"], r["n_correct"], r["n_failed"], r["n_cost"]) == (30, 24, 1, 29)
     assert r["acc_per_seed"] == pytest.approx([0.8, 0.8, 0.8])
@@ -209,19 +209,19 @@ def test_identical_seeds_fall_back_to_wilson_and_failed_sample_handling(run):
 
 
 def test_speedup_and_token_reduction(run):
-    cells = run["cells"]
-    r10 = cell(cells, model="m1", method="latent_mas", arch="sequential", latent_steps=10)
+    settings = run["settings"]
+    r10 = setting(settings, model="m1", method="latent_mas", arch="sequential", latent_steps=10)
     assert r10["speedup_vs_text_mas"] == pytest.approx(4.0 / 1.0)
     assert r10["token_reduction_vs_text_mas"] == pytest.approx(1 - 100 / 390)
     assert r10["token_reduction_incl_latent_vs_text_mas"] == pytest.approx(1 - 130 / 390)
-    r20 = cell(cells, model="m1", method="latent_mas", arch="sequential", latent_steps=20)
+    r20 = setting(settings, model="m1", method="latent_mas", arch="sequential", latent_steps=20)
     assert r20["speedup_vs_text_mas"] == pytest.approx(2.0)
     assert r20["token_reduction_vs_text_mas"] == pytest.approx(1 - 100 / 390)
     assert r20["token_reduction_incl_latent_vs_text_mas"] == pytest.approx(1 - 160 / 390)
-    hier = cell(cells, model="m1", method="latent_mas", arch="hierarchical")
+    hier = setting(settings, model="m1", method="latent_mas", arch="hierarchical")
     assert hier["speedup_vs_text_mas"] is None and hier["token_reduction_vs_text_mas"] is None
     for method in ("baseline", "text_mas"):
-        for r in cells.filter(pl.col("method") == method).to_dicts():
+        for r in settings.filter(pl.col("method") == method).to_dicts():
             assert r["speedup_vs_text_mas"] is None
 
 
@@ -234,10 +234,10 @@ def test_text_mas_reference_prefers_same_memory(tmp_path):
                 memory="latent_only", wall=1.5)]
     out = tmp_path / "out"
     agg.aggregate([write_jsonl(tmp_path / "x.jsonl", recs)], out)
-    cells = pl.read_parquet(out / "cells.parquet")
-    assert cell(cells, method="latent_mas", memory="previous")["speedup_vs_text_mas"] == pytest.approx(2.0)
+    settings = pl.read_parquet(out / "settings.parquet")
+    assert setting(settings, method="latent_mas", memory="previous")["speedup_vs_text_mas"] == pytest.approx(2.0)
     # two text_mas candidates, neither with memory latent_only -> ambiguous -> null
-    assert cell(cells, method="latent_mas", memory="latent_only")["speedup_vs_text_mas"] is None
+    assert setting(settings, method="latent_mas", memory="latent_only")["speedup_vs_text_mas"] is None
 
 
 def test_per_seed_table(run):
@@ -254,9 +254,9 @@ def test_per_seed_table(run):
 
 
 def test_csv_matches_parquet(run):
-    csv = pl.read_csv(run["out"] / "cells.csv")
-    pq = run["cells"]
-    assert csv.columns == pq.columns == list(agg.CELL_SCHEMA)
+    csv = pl.read_csv(run["out"] / "settings.csv")
+    pq = run["settings"]
+    assert csv.columns == pq.columns == list(agg.SETTING_SCHEMA)
     assert csv["accuracy"].to_list() == pq["accuracy"].to_list()
     assert json.loads(csv["acc_per_seed"][1]) == pq["acc_per_seed"][1].to_list()
     assert json.loads(csv["seeds"][1]) == [0, 1, 2]
@@ -264,10 +264,10 @@ def test_csv_matches_parquet(run):
 
 def test_summary(run):
     s = json.loads((run["out"] / "summary.json").read_text())
-    assert s["n_cells"] == 7 and s["n_samples"] == 10 + 30 + 30 + 10 + 10 + 10 + 10 and s["n_failed"] == 1
+    assert s["n_settings"] == 7 and s["n_samples"] == 10 + 30 + 30 + 10 + 10 + 10 + 10 and s["n_failed"] == 1
     assert s["models"] == ["m1", "m2"] and s["tasks"] == ["gsm8k", "arc_easy"]
     assert s["methods"] == ["baseline", "text_mas", "latent_mas"] and s["archs"] == ["sequential", "hierarchical"]
-    assert s["n_cells_ci_t_seeds"] == 1 and s["n_latent_mas_cells_with_text_mas_match"] == 2
+    assert s["n_settings_ci_t_seeds"] == 1 and s["n_latent_mas_settings_with_text_mas_match"] == 2
     assert [i["n_records"] for i in s["inputs"]] == [60, 50]
     assert "generated_at" not in json.dumps(s)
 
@@ -276,7 +276,7 @@ def test_summary(run):
 
 
 def md_tables(text: str) -> list[tuple[str, list[list[str]]]]:
-    """(section heading, rows of cells) for each Markdown table in ``text``."""
+    """(section heading, rows of table cells) for each Markdown table in ``text``."""
     out, heading, rows = [], None, []
     for line in text.splitlines() + [""]:
         if line.startswith("## "):
@@ -358,7 +358,7 @@ def test_shuffled_records_give_same_bytes(run, tmp_path):
     agg.aggregate([f], out2)
     for name in agg.OUTPUT_FILES:
         assert (out1 / name).read_bytes() == (out2 / name).read_bytes(), name
-    for name in ("cells.parquet", "cells.csv", "per_seed.csv", "table_accuracy.md", "table_tokens.md",
+    for name in ("settings.parquet", "settings.csv", "per_seed.csv", "table_accuracy.md", "table_tokens.md",
                  "table_speed.md"):  # summary.json differs only by the input file list
         assert (out1 / name).read_bytes() == (run["out"] / name).read_bytes(), name
 
@@ -370,9 +370,9 @@ def _error(tmp_path, records, capsys, *, blank_first=False) -> str:
     f = tmp_path / "bad.jsonl"
     text = "".join(json.dumps(r) + "\n" for r in records)
     f.write_text(("\n" if blank_first else "") + text, encoding="utf-8")
-    assert agg.cli_main([str(f), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(f), "--out-dir", str(tmp_path / "out")]) == 2  # bad input
     err = capsys.readouterr().err
-    assert not (tmp_path / "out" / "cells.parquet").exists()
+    assert not (tmp_path / "out" / "settings.parquet").exists()
     return err
 
 
@@ -421,16 +421,16 @@ def test_failed_sample_may_lack_costs(tmp_path):
     ok = rec("m", "gsm8k", "baseline", 0, 1, True, generated=10, wall=3.0)
     out = tmp_path / "out"
     agg.aggregate([write_jsonl(tmp_path / "x.jsonl", [r, ok])], out)
-    c = pl.read_parquet(out / "cells.parquet").to_dicts()[0]
+    c = pl.read_parquet(out / "settings.parquet").to_dicts()[0]
     assert (c["n_samples"], c["n_failed"], c["accuracy"], c["tokens_generated_mean"], c["wall_s_mean"]) == \
         (2, 1, 0.5, 10.0, 3.0)
 
 
-def test_all_failed_cell_has_null_costs_and_na_in_tables(tmp_path):
+def test_all_failed_setting_has_null_costs_and_na_in_tables(tmp_path):
     r = rec("m", "gsm8k", "baseline", 0, 0, False, status="failed")
     out = tmp_path / "out"
     agg.aggregate([write_jsonl(tmp_path / "x.jsonl", [r])], out)
-    c = pl.read_parquet(out / "cells.parquet").to_dicts()[0]
+    c = pl.read_parquet(out / "settings.parquet").to_dicts()[0]
     assert c["n_cost"] == 0 and c["tokens_total_mean"] is None and c["wall_s_mean"] is None
     assert "| gsm8k | n/a |" in (out / "table_speed.md").read_text(encoding="utf-8")
 
@@ -439,7 +439,7 @@ def test_duplicate_sample_is_an_error(tmp_path, capsys):
     r = rec("m", "gsm8k", "baseline", 0, 0, True)
     f1 = write_jsonl(tmp_path / "s1.jsonl", [r])
     f2 = write_jsonl(tmp_path / "s2.jsonl", [rec("m", "gsm8k", "baseline", 0, 1, True), r])
-    assert agg.cli_main([str(f1), str(f2), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(f1), str(f2), "--out-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "duplicate sample" in err and f"{f2}:2" in err and f"{f1}:1" in err and "'gsm8k/0000'" in err
 
@@ -447,9 +447,9 @@ def test_duplicate_sample_is_an_error(tmp_path, capsys):
 def test_empty_and_missing_inputs(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert agg.cli_main([str(empty), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(empty), "--out-dir", str(tmp_path / "out")]) == 2
     assert "no scored records" in capsys.readouterr().err
-    assert agg.cli_main([str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "out")]) == 1
+    assert agg.cli_main([str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "out")]) == 2
     assert "nope.jsonl: input file not found" in capsys.readouterr().err
     with pytest.raises(agg.AggregateInputError, match="no input files"):
         agg.aggregate([], tmp_path / "out")
@@ -457,10 +457,67 @@ def test_empty_and_missing_inputs(tmp_path, capsys):
         agg.cli_main(["--out-dir", str(tmp_path / "out")])  # argparse: at least one input
 
 
-def test_cell_mixing_run_settings_is_an_error(tmp_path, capsys):
+def test_setting_mixing_run_settings_is_an_error(tmp_path, capsys):
     r1 = rec("m", "gsm8k", "baseline", 0, 0, True)
     r2 = rec("m", "gsm8k", "baseline", 1, 0, True)
     r2["max_new_tokens"] = 1024
     err = _error(tmp_path, [r1, r2], capsys)
     assert f"{tmp_path / 'bad.jsonl'}:2" in err and "'max_new_tokens'" in err and "1024" in err
     assert f"{tmp_path / 'bad.jsonl'}:1" in err and "must not be pooled" in err
+
+
+# ---------------------------------------------------------------------------------------------------- golden
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "aggregate"
+
+
+def test_outputs_match_the_committed_golden_tables(tmp_path, monkeypatch):
+    """Refactors keep every table byte-identical: the golden outputs are those of the pre-polars aggregator
+    (commit 44d6e03; since then only the unit renamed cell -> setting, wide sections split per model and main's
+    accuracy_strict column added -- CSVs byte-identical to main's loop-based aggregator at each step) from tests/golden/aggregate/scored.jsonl (tests/golden/make_scored.py: 2 models, numeric,
+    choice, code and unknown tasks, all methods and archs, sweeps, failures, an ambiguous TextMAS reference). Catches
+    any change of a number's last bit, of the row order, of a label or of the Markdown layout."""
+    monkeypatch.chdir(GOLDEN.parent.parent.parent)  # summary.json records the input path as given
+    agg.aggregate(["tests/golden/aggregate/scored.jsonl"], tmp_path)
+    for expected in sorted((GOLDEN / "expected").iterdir()):
+        assert (tmp_path / expected.name).read_bytes() == expected.read_bytes(), expected.name
+        if expected.suffix == ".csv":
+            pq = pl.read_parquet(tmp_path / f"{expected.stem}.parquet")
+            assert pq.height == pl.read_csv(expected).height
+
+
+def test_wide_sections_split_into_one_table_per_model(tmp_path):
+    """More than MAX_COLUMNS columns in a section -> one table per model, headed by the model, columns without the
+    model prefix, only the tasks that model ran. Catches a renderer that always splits or never does."""
+    from latentmas.report.markdown import MAX_COLUMNS
+
+    agg.aggregate([GOLDEN / "scored.jsonl"], tmp_path)
+    text = (tmp_path / "table_accuracy.md").read_text(encoding="utf-8")
+    headings = [h for h, _ in md_tables(text)]
+    assert "Sequential MAS (paper Table 1 layout): qwen-a" in headings
+    assert "Sequential MAS (paper Table 1 layout): tiny\\|b" in headings
+    tables = dict(md_tables(text))
+    tiny = tables["Sequential MAS (paper Table 1 layout): tiny\\|b"]
+    assert tiny[0][1] == "Single" and len(tiny[0]) - 1 <= MAX_COLUMNS
+    assert [r[0] for r in tiny[2:]] == ["gsm8k", "arc_easy", "mbppplus"]  # tiny|b ran no aime2024 / zz_custom
+    small = tmp_path / "small"
+    agg.aggregate([write_jsonl(tmp_path / "s.jsonl", [rec("m1", "gsm8k", "baseline", 0, 0, True),
+                                                       rec("m2", "gsm8k", "baseline", 0, 0, True)])], small)
+    assert [h for h, _ in md_tables((small / "table_accuracy.md").read_text(encoding="utf-8"))] == \
+        ["Single agent only"]
+
+
+def test_strict_accuracy_column_only_when_every_record_has_it(tmp_path):
+    """`accuracy_strict` is the share of `strict_correct` (scoring.extraction: both), independent of `correct`, and
+    null for a setting where any record lacks it. Catches: the column copying `accuracy`, or averaging over a partial
+    set of strictly scored records."""
+    both = [dict(rec("m1", "gsm8k", "baseline", 0, i, c), extraction="both", strict_correct=(i < 2))
+            for i, c in enumerate(pattern(7))]
+    partial = [rec("m1", "arc_easy", "baseline", 0, i, c) for i, c in enumerate(pattern(5))]
+    partial[0] = dict(partial[0], extraction="both", strict_correct=True)
+    samples, _ = agg.load_samples([write_jsonl(tmp_path / "a.jsonl", both + partial)])
+    settings, _ = agg.compute_tables(samples)
+    by_task = {c["task"]: c for c in settings.to_dicts()}
+    assert by_task["gsm8k"]["accuracy"] == 0.7 and by_task["gsm8k"]["accuracy_strict"] == 0.2
+    assert by_task["arc_easy"]["accuracy_strict"] is None

@@ -72,8 +72,21 @@ def test_target_norm_is_what_gemma_actually_sees(tiny_lm):
 
 
 def test_untied_head_is_used(tiny_lm):
+    """The engine's logits (production ``extend(want="logits")``) are the final hidden state times the *untied*
+    lm_head, computed here independently. Catches: logits through the input embeddings (a tied-head assumption), or
+    the fixture silently tied (then the two heads below would agree)."""
     lm = tiny_lm("qwen2")
-    assert lm.model.get_output_embeddings().weight.data_ptr() != lm.model.get_input_embeddings().weight.data_ptr()
+    w_out = lm.model.get_output_embeddings().weight.detach()
+    w_in = lm.model.get_input_embeddings().weight.detach()
+    assert w_out.data_ptr() != w_in.data_ptr() and not torch.allclose(w_out, w_in)
+    ids = encode(lm.tokenizer, render_chat(lm.tokenizer, [{"role": "user", "content": "Which head?"}]))
+    batch = SequenceBatch.empty(lm.model, 1, lm.device)
+    p_ids, p_mask = left_pad([ids], lm.pad_token_id, lm.device)
+    logits = extend(lm.model, batch, p_mask, input_ids=p_ids, want="logits")[0]
+    with torch.no_grad():
+        h = lm.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    torch.testing.assert_close(logits, h @ w_out.T, rtol=1e-4, atol=1e-4)
+    assert (logits - h @ w_in.T).abs().max() > 1e-2 * logits.abs().max()
 
 
 def test_alignment_file_is_reused_and_keyed_by_weights_and_lambda(tiny_lm, tmp_path, monkeypatch):
@@ -236,3 +249,51 @@ def test_isolated_w_a_equals_in_process_and_keys_across_dtypes(tiny_model_dir, t
     assert torch.allclose(iso.w_a, ref.w_a, rtol=1e-6, atol=1e-7) and iso.fingerprint == ref.fingerprint
     bf16 = load_model(path, dtype="bfloat16", device="cpu")
     assert weight_fingerprint(bf16.model) == ref.fingerprint
+
+
+def test_progress_callback_sees_every_agent_step_and_changes_nothing(tiny_lm):
+    """run_batch(progress=f) calls f(agent, kind) once per prompt, per latent step and per fed-back token, and the
+    outputs are those of a run without it. Catches a hook that is dropped on some path (latent agents, the final
+    agent), that fires per sample instead of per step, or that leaks past the batch (kv.STEP_HOOK reset)."""
+    from latentmas.engine.kv import STEP_HOOK
+
+    lm = tiny_lm("llama")
+    topo = load_topology("sequential")
+    samples = _gsm8k_inputs(2)
+    events: list[tuple[str, str]] = []
+    with_progress = run_batch(lm, topo, samples, _settings("latent_mas", steps=3), _mapper(lm),
+                              progress=lambda agent, kind: events.append((agent, kind)))
+    plain = run_batch(lm, topo, samples, _settings("latent_mas", steps=3), _mapper(lm))
+    assert [o.final_text for o in with_progress] == [o.final_text for o in plain]
+    assert STEP_HOOK.get() is None
+    names = [a.name for a in topo.agents]
+    assert [a for a, k in events if k == "prompt"] == names
+    for a in names[:-1]:
+        assert sum(1 for x, k in events if x == a and k == "latent") == 3
+    fed = sum(1 for x, k in events if x == names[-1] and k == "text")
+    longest = max(o.agents[-1]["generated_tokens"] for o in plain)
+    assert longest - 1 <= fed <= min(longest, 6 - 1)  # each token but the last is fed back (a final EOS is too)
+    assert {k for _, k in events} <= {"prompt", "latent", "text"}
+
+
+def test_step_reporter_logs_agent_starts_and_then_at_most_once_per_interval():
+    """The job log gets a line when an agent starts and then one per interval, naming batch, agent and step.
+    Catches a reporter that logs every token (a 512-token answer would flood the log) or never between agents."""
+    from latentmas.progress import StepReporter
+
+    now = [0.0]
+    rep = StepReporter(latent_steps=10, max_new_tokens=512, interval_s=5.0, clock=lambda: now[0])
+    rep.start_batch(1, 3, 4)
+    rep("planner", "prompt")
+    for _ in range(10):
+        now[0] += 1.0
+        rep("planner", "latent")
+    rep("judger", "prompt")
+    for _ in range(3):
+        now[0] += 3.0
+        rep("judger", "text")
+    assert rep.lines == ["batch 2/3 (4 samples) agent planner: prompt read",
+                         "batch 2/3 (4 samples) agent planner: latent step 5/10",
+                         "batch 2/3 (4 samples) agent planner: latent step 10/10",
+                         "batch 2/3 (4 samples) agent judger: prompt read",
+                         "batch 2/3 (4 samples) agent judger: token 3/512 (at most)"]

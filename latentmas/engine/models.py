@@ -32,6 +32,49 @@ FALLBACK_TEMPLATES = {
 }
 
 
+# What transformers' ``generate`` assumes for a knob that neither the caller nor the model's generation_config sets
+# (transformers GenerationConfig._get_default_generation_params; min_p has no default there, i.e. off). The original
+# sampled with ``model.generate(temperature=..., top_p=..., do_sample=True)``, so its top_k came from here or from the
+# model's generation_config.json.
+SAMPLING_FALLBACKS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "min_p": 0.0, "repetition_penalty": 1.0}
+THINK_MODES = ("on", "off", "model", "tag")
+THINK_TAG = "<think>"
+
+
+def generation_config_sampling(path: str) -> dict[str, Any]:
+    """The sampling knobs a model folder's ``generation_config.json`` sets (absent/None keys left out)."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{f}: not valid JSON ({exc})") from exc
+    return {k: data[k] for k in SAMPLING_FALLBACKS if data.get(k) is not None}
+
+
+def effective_sampling(path: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Sampling knobs for a run: explicit override > the model's generation_config > transformers' fallback.
+
+    Returns the values and, per knob, where it came from (``config`` | ``generation_config`` | ``default``), so a
+    record says both what was used and why.
+    """
+    model_gen = generation_config_sampling(path)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for knob, fallback in SAMPLING_FALLBACKS.items():
+        if overrides.get(knob) is not None:
+            values[knob], sources[knob] = overrides[knob], "config"
+        elif knob in model_gen:
+            values[knob], sources[knob] = model_gen[knob], "generation_config"
+        else:
+            values[knob], sources[knob] = fallback, "default"
+    values["top_k"] = int(values["top_k"])
+    for knob in ("temperature", "top_p", "min_p", "repetition_penalty"):
+        values[knob] = float(values[knob])
+    return values, sources
+
+
 class ModelLoadError(RuntimeError):
     """A model folder/spec cannot be used; the message names the path and what is wrong."""
 
@@ -150,17 +193,27 @@ def load_model(
     elif require_chat_template and not getattr(tok, "chat_template", None):
         raise ChatTemplateError(
             f"{path}: the tokenizer has no chat template. Set `chat_template:` for this model in the config "
-            f"(one of {sorted(FALLBACK_TEMPLATES)} or a jinja string) to use an explicit fallback."
+            f"(models.<name>.chat_template; `latentmas run --chat-template`), one of {sorted(FALLBACK_TEMPLATES)} or "
+            f"a jinja string, to use an explicit fallback."
         )
     model.to(dev)
     model.eval()
     return LoadedModel(model=model, tokenizer=tok, path=str(path), name=model_name_of(path), device=dev, dtype=dt)
 
 
-def render_chat(tok, messages: list[dict[str, str]], think: bool | None = None) -> str:
-    """Render one agent turn (system + user) and open the assistant turn."""
-    extra = {} if think is None else {"enable_thinking": bool(think)}
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+def render_chat(tok, messages: list[dict[str, str]], think: bool | str | None = None) -> str:
+    """Render one agent turn (system + user) and open the assistant turn.
+
+    ``think`` (see :data:`THINK_MODES`): ``on``/``off`` (or True/False) pass ``enable_thinking`` to the template;
+    ``model``/None leave the template's default; ``tag`` renders with the default and appends a literal ``<think>``
+    to the opened assistant turn, which is what the original LatentMAS ``--think`` flag did.
+    """
+    mode = {True: "on", False: "off", None: "model"}.get(think, think) if not isinstance(think, str) else think
+    if mode not in THINK_MODES:
+        raise ValueError(f"unknown think mode {think!r}; use one of {', '.join(THINK_MODES)}")
+    extra = {"enable_thinking": mode == "on"} if mode in ("on", "off") else {}
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+    return text + THINK_TAG if mode == "tag" else text
 
 
 def encode(tok, text: str) -> list[int]:

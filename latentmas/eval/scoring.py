@@ -7,6 +7,9 @@ Each scored record is the inference record plus four keys (docs/DESIGN.md):
 * ``reason``: ``correct``, ``wrong``, ``no_answer``, ``inference_failed: <error>`` (a record with
   ``status == "failed"``: scored incorrect, never dropped), and for code the sandbox's status: ``failed_tests``,
   ``timeout``, ``memory``, ``killed``, ``error: <msg>``;
+* ``extraction``: ``ours`` | ``strict`` | ``both``: which rules made the three keys above (``strict`` = the original
+  LatentMAS rules, :mod:`latentmas.eval.strict`); with ``both`` the keys above are ours and ``strict_prediction``,
+  ``strict_correct``, ``strict_reason`` are added.
 * ``sandbox``: for code tasks the isolation mode the programs ran under (``bwrap+seccomp``, ``bwrap``,
   ``namespaces``, ``basic``: latentmas/eval/sandbox/isolation.py), null for the other tasks.
 
@@ -29,21 +32,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from latentmas.contracts import EXIT_BAD_INPUT, EXIT_OK, SCORED_RECORD_SCHEMA, TASK_NAMES, check
 from latentmas.records import RecordWriter, read_records, repair, write_jsonl_atomic
-from latentmas.eval.tasks import TASK_NAMES, Task, get_task
+from latentmas.eval.tasks import Task, get_task
 from latentmas.eval.tasks.base import ScoreResult
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("prediction", "correct", "reason", "sandbox")
+SCORE_KEYS = ("prediction", "correct", "reason", "sandbox", "extraction", "strict_prediction", "strict_correct",
+              "strict_reason")
+EXTRACTIONS = ("ours", "strict", "both")  # both = ours as prediction/correct/reason, plus strict_* keys
 
 
 class ScoringError(ValueError):
     """Records and dataset do not fit together (unknown sample id, other task, changed gold, bad status)."""
 
 
-def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """One inference record -> the same record plus ``prediction``, ``correct``, ``reason``."""
+def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[str, dict[str, Any]],
+              extraction: str = "ours") -> dict[str, Any]:
+    """One inference record -> the same record plus ``prediction``, ``correct``, ``reason``, ``extraction`` (and the
+    ``strict_*`` keys with ``extraction="both"``)."""
+    if extraction not in EXTRACTIONS:
+        raise ScoringError(f"unknown extraction {extraction!r}; use one of {', '.join(EXTRACTIONS)}")
     sid = record.get("sample_id")
     if sid is None:
         raise ScoringError(f"an inference record has no sample_id (keys: {sorted(record)})")
@@ -62,15 +72,19 @@ def score_one(record: dict[str, Any], task: Task, data_records_by_id: Mapping[st
             f"record {sid!r} has gold {gold!r} but the dataset says {item['gold']!r}: the dataset changed since inference"
         )
     status = record.get("status", "ok")
-    if status == "failed":
-        result = ScoreResult(None, False, f"inference_failed: {record.get('error') or 'no error message'}")
-    elif status == "ok":
-        result = task.score(record.get("final_text"), item)
-    else:
+    if status not in ("ok", "failed"):
         raise ScoringError(f"record {sid!r} has status {status!r}; expected 'ok' or 'failed'")
+    failed = ScoreResult(None, False, f"inference_failed: {record.get('error') or 'no error message'}")
+    text = record.get("final_text")
+    result = failed if status == "failed" else (
+        task.score_strict(text, item) if extraction == "strict" else task.score(text, item))
     out = {k: v for k, v in record.items() if k not in SCORE_KEYS}
     out.update(prediction=result.prediction, correct=bool(result.correct), reason=result.reason,
-               sandbox=_sandbox_mode(task))
+               sandbox=_sandbox_mode(task), extraction=extraction)
+    if extraction == "both":
+        st = failed if status == "failed" else task.score_strict(text, item)
+        out.update(strict_prediction=st.prediction, strict_correct=bool(st.correct), strict_reason=st.reason)
+    check(out, SCORED_RECORD_SCHEMA, part="score")  # what this stage adds; the rest is the runner's contract
     return out
 
 
@@ -84,14 +98,17 @@ def _sandbox_mode(task: Task) -> str | None:
 
 
 def score_records(records: Iterable[dict[str, Any]], task: Task | str,
-                  data_records_by_id: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                  data_records_by_id: Mapping[str, dict[str, Any]], extraction: str = "ours") -> list[dict[str, Any]]:
     """Score every record (in order); see the module docstring for the added keys and the errors.
 
     ``task`` is a :class:`~latentmas.eval.tasks.Task` or its name. No resume here: see :func:`score_resumable`.
     """
     if isinstance(task, str):
         task = get_task(task)
-    return [score_one(r, task, data_records_by_id) for r in records]
+    from latentmas.progress import bar
+
+    return [score_one(r, task, data_records_by_id, extraction)
+            for r in bar(records, desc=f"score {task.name}", unit="record")]
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -106,7 +123,7 @@ def _inference_part(scored: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_resumable(records: list[dict[str, Any]], task: Task, data_records_by_id: Mapping[str, dict[str, Any]],
-                    out: str | os.PathLike, jobs: int = 1) -> list[dict[str, Any]]:
+                    out: str | os.PathLike, jobs: int = 1, extraction: str = "ours") -> list[dict[str, Any]]:
     """Score with a durable partial file beside ``out`` (for code tasks); write ``out`` atomically at the end."""
     ids = [r.get("sample_id") for r in records]
     dupes = [s for s, n in collections.Counter(ids).items() if n > 1]
@@ -124,23 +141,27 @@ def score_resumable(records: list[dict[str, Any]], task: Task, data_records_by_i
     todo: list[dict[str, Any]] = []
     for r in records:
         prev = done.get(r["sample_id"])
-        if prev is not None and _inference_part(prev) == _inference_part(r):
+        if prev is not None and prev.get("extraction", "ours") == extraction and _inference_part(prev) == _inference_part(r):
             results[r["sample_id"]] = prev
         else:
             todo.append(r)
     if results:
         log.info("%s: %d of %d records already scored in %s", task.name, len(results), len(records), part)
-    with RecordWriter(part) as writer:
+    from latentmas.progress import bar
+
+    with RecordWriter(part) as writer, bar(total=len(todo), desc=f"score {task.name}", unit="program") as progress:
         if jobs <= 1:
             for r in todo:
-                s = score_one(r, task, data_records_by_id)
+                s = score_one(r, task, data_records_by_id, extraction)
                 writer.write(s)
                 results[r["sample_id"]] = s
+                progress.update()
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for s in pool.map(lambda r: score_one(r, task, data_records_by_id), todo):
+                for s in pool.map(lambda r: score_one(r, task, data_records_by_id, extraction), todo):
                     writer.write(s)
                     results[s["sample_id"]] = s
+                    progress.update()
     ordered = [results[r["sample_id"]] for r in records]
     write_jsonl_atomic(out, ordered)
     part.unlink(missing_ok=True)
@@ -167,7 +188,7 @@ def _pick_task(arg_task: str | None, records: list[dict[str, Any]], data_ids: li
 
 
 def score_file(in_path: str | os.PathLike, out_path: str | os.PathLike, data_path: str | os.PathLike | None = None,
-               task_name: str | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+               task_name: str | None = None, jobs: int = 1, extraction: str = "ours") -> list[dict[str, Any]]:
     """The ``latentmas score`` command as a function."""
     if not Path(in_path).is_file():
         raise ScoringError(f"input records file {in_path} does not exist")
@@ -182,14 +203,18 @@ def score_file(in_path: str | os.PathLike, out_path: str | os.PathLike, data_pat
         data = task.load()
     by_id = {d["id"]: d for d in data}
     if task.kind == "code":
-        scored = score_resumable(records, task, by_id, out_path, jobs=jobs)
+        scored = score_resumable(records, task, by_id, out_path, jobs=jobs, extraction=extraction)
     else:
-        scored = score_records(records, task, by_id)
+        scored = score_records(records, task, by_id, extraction)
         write_jsonl_atomic(out_path, scored)
     reasons = collections.Counter(s["reason"].split(":")[0] for s in scored)
     n_ok = sum(s["correct"] for s in scored)
-    log.info("%s: %d records, %d correct (%.1f%%); reasons %s -> %s", task.name, len(scored), n_ok,
-             100.0 * n_ok / max(1, len(scored)), dict(reasons), out_path)
+    log.info("%s: %d records, %d correct (%.1f%%, extraction %s); reasons %s -> %s", task.name, len(scored), n_ok,
+             100.0 * n_ok / max(1, len(scored)), extraction, dict(reasons), out_path)
+    if extraction == "both":
+        n_strict = sum(s["strict_correct"] for s in scored)
+        log.info("%s: %d correct under the original's (strict) extraction (%.1f%%)", task.name, n_strict,
+                 100.0 * n_strict / max(1, len(scored)))
     return scored
 
 
@@ -201,13 +226,16 @@ def cli_main(argv: list[str] | None = None) -> int:
                     help="the task (default: the records' `task` field, else the ids' prefix)")
     ap.add_argument("--out", required=True, help="scored records (JSONL), written atomically")
     ap.add_argument("--jobs", type=int, default=1, help="code tasks: programs checked in parallel (default 1)")
+    ap.add_argument("--extraction", choices=EXTRACTIONS, default="ours",
+                    help="ours (default), strict (the original LatentMAS rules) or both (ours + strict_* keys)")
     args = ap.parse_args(argv)
     from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError
     from latentmas.eval.tasks.fetch import DatasetArtifactError
 
     try:
-        score_file(args.input, args.out, data_path=args.data, task_name=args.task, jobs=args.jobs)
+        score_file(args.input, args.out, data_path=args.data, task_name=args.task, jobs=args.jobs,
+                   extraction=args.extraction)
     except (ScoringError, DatasetArtifactError, DatasetSourceError, DatasetRecordError) as exc:
         print(f"latentmas score: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK

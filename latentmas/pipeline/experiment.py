@@ -14,7 +14,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH
+from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH, TASK_NAMES, inject_enums
+from latentmas.pipeline.defaults import LATENT_DEFAULTS, SAMPLING_KNOBS
 
 
 class ConfigError(ValueError):
@@ -24,9 +25,7 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Schema validation (defaults filled in), with messages that name the key path.
 # ---------------------------------------------------------------------------------------------------------------------
-# Defaults the schema cannot carry because the same sub-schema is used for per-model overrides (which must stay empty
-# where the user left them empty, so the top-level values show through).
-LATENT_DEFAULTS = {"steps": [10], "realign": [True], "memory": ["all"]}
+# LATENT_DEFAULTS (the defaults the schema cannot carry) live in latentmas.pipeline.defaults with the run defaults.
 # (cpus_per_task defaults to the job's threads)
 RESOURCE_DEFAULTS = {
     "default": {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0},
@@ -35,8 +34,6 @@ RESOURCE_DEFAULTS = {
     "infer": {"mem_mb": 8000, "runtime": 240},
     "score": {"mem_mb": 4000, "runtime": 60},
 }
-TASK_NAMES = ("gsm8k", "aime2024", "aime2025", "gpqa_diamond", "medqa", "arc_easy", "arc_challenge", "mbppplus",
-              "humanevalplus")
 
 
 def _with_defaults(validator_class):
@@ -92,7 +89,7 @@ def _describe(error) -> str:
 def validate_config(cfg: dict, schema_path=SCHEMA_PATH) -> dict:
     """Validate ``cfg`` in place (filling defaults); raise WorkflowError listing every problem by key path."""
     with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
+        schema = inject_enums(yaml.safe_load(fh))
     cls = _with_defaults(jsonschema.Draft202012Validator)
     errors = sorted(cls(schema).iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
     lines = []
@@ -114,6 +111,13 @@ def semantic_errors(cfg: dict) -> list:
     errs = []
     models, tasks = cfg["models"], cfg["tasks"]
     for name, t in tasks.items():
+        if t.get("prompt_style", "ours") != "ours":
+            from latentmas.eval.tasks import get_task
+
+            styles = get_task(name).prompt_styles
+            if t["prompt_style"] not in styles:
+                errs.append(f"config.tasks.{name}.prompt_style: {t['prompt_style']!r} is not a prompt style of {name} "
+                            f"(it has: {', '.join(styles)})")
         if t.get("n") is not None and t["n_shards"] > t["n"]:
             errs.append(f"config.tasks.{name}.n_shards: {t['n_shards']} shards for n={t['n']} items "
                         f"(some shards would be empty; use at most n)")
@@ -236,12 +240,16 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
             s["ridge_lambda"] = lam
     s.update(seed=cell["seed"], n=t["n"], shard=f"{int(shard)}/{int(nshards)}",
              batch_size=m.get("batch_size", dec["batch_size"]), greedy=dec["greedy"])
-    if not dec["greedy"]:
-        s.update(temperature=dec["temperature"], top_p=dec["top_p"])
+    if not dec["greedy"]:  # unset knobs stay unset: the runner takes them from the model's generation_config
+        s.update({k: dec[k] for k in SAMPLING_KNOBS if dec.get(k) is not None})
+    if t.get("prompt_style", "ours") != "ours":
+        s["prompt_style"] = t["prompt_style"]
+    if m.get("chat_template") is not None:
+        s["chat_template"] = m["chat_template"]
     s["max_new_tokens"] = t.get("max_new_tokens", dec["max_new_tokens"])
     if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
         s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
-    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"])
+    s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg["trace"])
     if backend_of(cfg, cell["model"]) == "vllm":  # absent for hf: hf jobs' params are unchanged by this option
         s["backend"] = "vllm"
         s.update({f"vllm_{k}": v for k, v in cfg["vllm"].items() if v is not None})
@@ -258,24 +266,15 @@ def get_cell(cfg: dict, cell_id: str) -> dict:
 
 
 # Paths of the pipeline's artifacts (relative to the working directory), shared with the Snakemake rules.
-def model_dir(model: str) -> str:
-    return f"resources/models/{model}"
-
-
-def data_file(task: str) -> str:
-    return f"results/data/{task}.parquet"
-
-
-def align_file(model: str) -> str:
-    return f"results/align/{model}.safetensors"
-
-
 # settings key -> `latentmas run` option (None: a boolean flag handled in run_args)
 RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent_steps": "--latent-steps",
                "memory": "--memory", "ridge_lambda": "--ridge-lambda", "seed": "--seed", "n": "--n",
                "shard": "--shard", "batch_size": "--batch-size", "temperature": "--temperature", "top_p": "--top-p",
+               "top_k": "--top-k", "min_p": "--min-p", "repetition_penalty": "--repetition-penalty",
+               "prompt_style": "--prompt-style", "chat_template": "--chat-template",
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
-               "think": "--think", "dtype": "--dtype", "device": "--device", "realign": None, "greedy": None,
+               "think": "--think", "dtype": "--dtype", "device": "--device", "trace": "--trace", "realign": None,
+               "greedy": None,
                "backend": "--backend", "vllm_gpu_memory_utilization": "--vllm-gpu-memory-utilization",
                "vllm_tensor_parallel_size": "--vllm-tensor-parallel-size", "vllm_max_model_len": "--vllm-max-model-len",
                "vllm_cuda_visible_devices": "--vllm-cuda-visible-devices", "vllm_cpu_kv_cache_gb": "--vllm-cpu-kv-cache-gb",
@@ -297,8 +296,8 @@ def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: 
             if align is None:
                 raise ConfigError("a realigned latent_mas cell needs its W_a file")
             args += ["--align-file", str(align)]
-    if settings.get("greedy"):
-        args.append("--greedy")
+    if "greedy" in settings:  # explicit either way: the runner's default must not decide a pipeline job
+        args.append("--greedy" if settings["greedy"] else "--no-greedy")
     if "vllm_prefix_caching" in settings:
         args.append("--vllm-prefix-caching" if settings["vllm_prefix_caching"] else "--no-vllm-prefix-caching")
     return args

@@ -9,6 +9,8 @@ Guarantees a cluster user relies on:
   in flight and never duplicates a record;
 * **identity-checked**: every record carries the cell's ``config_hash``; resuming onto a file written with other
   settings is refused (naming the file and both hashes) instead of mixing results;
+* **one set of defaults**: every option a pipeline config also sets defaults to the config schema's value
+  (:mod:`latentmas.pipeline.defaults`), so ``latentmas run`` with no options runs what a config that sets nothing runs;
 * **fault-contained**: a non-finite latent vector or logits fails that sample with the reason; CUDA OOM retries the
   batch at half size down to 1, then records those samples as failed; the shard carries on.
 
@@ -31,9 +33,14 @@ from pathlib import Path
 import torch
 
 from latentmas import __version__
+from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
 from latentmas.engine.backends import BACKENDS
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.methods import METHODS, MEMORY_POLICIES, MethodSettings, SampleInput, SampleOutput
+from latentmas.contracts import MEMORY_POLICIES, METHODS
+from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput
+from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
+from latentmas.engine.models import THINK_MODES, ModelLoadError
+from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
 from latentmas.records import RecordWriter, repair
 
 log = logging.getLogger(__name__)
@@ -57,13 +64,19 @@ class CellSpec:
     memory: str | None
     seed: int
     greedy: bool
-    temperature: float
-    top_p: float
+    # the effective sampling knobs (config > the model's generation_config > transformers' fallback); None if greedy
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    repetition_penalty: float | None
     max_new_tokens: int
     agent_max_new_tokens: int | None
-    think: bool | None
+    think: str  # one of latentmas.engine.models.THINK_MODES
     dtype: str
     ridge_lambda: float | None
+    prompt_version: str  # the task's prompt id (version, style, answer-instruction digest)
+    chat_template: str | None  # the --chat-template fallback given (None = the tokenizer's own)
     topology_digest: str
     n: int | None
     backend: str = "hf"
@@ -141,25 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--task", required=True)
     ap.add_argument("--data", default=None, help="dataset parquet from `latentmas fetch-data` (default: vendored)")
     ap.add_argument("--method", required=True, choices=METHODS)
-    ap.add_argument("--arch", default="sequential", help="topology: sequential, hierarchical or a .yaml path")
-    ap.add_argument("--latent-steps", type=int, default=10)
-    ap.add_argument("--realign", dest="realign", action="store_true", default=True)
+    ap.add_argument("--arch", help="topology: sequential, hierarchical or a .yaml path")
+    ap.add_argument("--latent-steps", type=int)
+    ap.add_argument("--realign", dest="realign", action="store_true")
     ap.add_argument("--no-realign", dest="realign", action="store_false")
-    ap.add_argument("--ridge-lambda", type=float, default=1e-5)
+    ap.add_argument("--ridge-lambda", type=float)
     ap.add_argument("--align-file", default=None, help="cached W_a file (computed and written if absent)")
-    ap.add_argument("--memory", default="all", choices=MEMORY_POLICIES)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memory", choices=MEMORY_POLICIES)
+    ap.add_argument("--seed", type=int)
     ap.add_argument("--n", type=int, default=None, help="use the first N samples (default: all)")
     ap.add_argument("--shard", default="0/1", help="I/N: this job's contiguous slice of the N samples")
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--greedy", action="store_true", help="greedy decoding (reruns are bit-identical)")
-    ap.add_argument("--temperature", type=float, default=0.6)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--agent-max-new-tokens", type=int, default=None,
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--greedy", action=argparse.BooleanOptionalAction,
+                    help="greedy decoding (reruns are bit-identical); --no-greedy samples")
+    ap.add_argument("--temperature", type=float, help="default: the model's generation_config, else 1.0")
+    ap.add_argument("--top-p", type=float, help="default: the model's generation_config, else 1.0 (off)")
+    ap.add_argument("--top-k", type=int, help="0 = off; default: the model's generation_config, else 50")
+    ap.add_argument("--min-p", type=float, help="0 = off; default: the model's generation_config, else off")
+    ap.add_argument("--repetition-penalty", type=float, help="1 = off; default: the model's generation_config, else off")
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--agent-max-new-tokens", type=int,
                     help="cap for non-final text_mas agents (default: --max-new-tokens)")
-    ap.add_argument("--think", choices=["on", "off", "model"], default="model",
-                    help="open a thinking block (models whose template supports it); model = template default")
+    ap.add_argument("--think", choices=THINK_MODES,
+                    help="on/off: the template's enable_thinking; model: the template's default; tag: append a "
+                         "literal <think> to the assistant turn (the original's --think)")
+    ap.add_argument("--prompt-style", choices=("ours", "original"),
+                    help="the task's prompt presentation (docs/TASKS.md)")
     ap.add_argument("--chat-template", default=None, help="fallback template name or jinja for template-less models")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto", help="device of the HF model (latent_mas agents on any backend)")
@@ -168,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_vllm_options(ap)
     ap.add_argument("--settings", default=None,
                     help="YAML/JSON file of option values (keys as the long options, '-' or '_'); flags override")
+    ap.add_argument("--trace", choices=TRACE_LEVELS, default=DEFAULT_TRACE,
+                    help="latent lens + rendered prompts in each record (docs/DESIGN.md); none = no per-step work")
     ap.add_argument("--out", required=True)
+    ap.set_defaults(**run_defaults())  # the same defaults as the pipeline config (latentmas.pipeline.defaults)
     return ap
 
 
@@ -215,15 +238,16 @@ def expand_cell_argv(argv: list[str]) -> list[str]:
         return argv
     if not (known.config and known.cell):
         raise RunConfigError("--config and --cell go together")
+    from latentmas import contracts
     from latentmas.pipeline import experiment
 
     cfg = experiment.load_config(known.config)
     cell = experiment.get_cell(cfg, known.cell)
     shard, n_shards = parse_shard(known.shard)
     settings = experiment.cell_settings(cfg, cell, shard, n_shards)
-    align = experiment.align_file(cell["model"]) if settings.get("realign") else None
-    base = experiment.run_args(settings, experiment.model_dir(cell["model"]), cell["model"],
-                               experiment.data_file(cell["task"]), align)
+    align = contracts.align_file(cell["model"]) if settings.get("realign") else None
+    base = experiment.run_args(settings, contracts.model_dir(cell["model"]), cell["model"],
+                               contracts.data_file(cell["task"]), align)
     return base + rest
 
 
@@ -236,16 +260,22 @@ def cli_main(argv: list[str]) -> int:
         argv = expand_cell_argv(argv)
         args = _apply_settings_file(ap, argv)
         return run(args)
-    except (RunConfigError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+    except (RunConfigError, ValueError, FileNotFoundError, ModelLoadError) as exc:  # ConfigError is a ValueError
         print(f"latentmas run: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+
+
+def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> DecodeSettings:
+    """The engine's decode settings; unset knobs (greedy) keep DecodeSettings' own off-values."""
+    knobs = {k: v for k, v in sampling.items() if v is not None}
+    return DecodeSettings(max_new_tokens=max_new_tokens, greedy=greedy, **knobs)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from latentmas.progress import StepReporter, bar
 
     from latentmas.engine.latent import LatentMapper
-    from latentmas.engine.models import model_name_of
+    from latentmas.engine.models import effective_sampling, model_name_of
     from latentmas.eval.tasks import get_task
     from latentmas.engine.topology import load_topology
 
@@ -262,16 +292,22 @@ def run(args: argparse.Namespace) -> int:
     method = args.method
     is_latent = method == "latent_mas"
     topo = load_topology("single" if method == "baseline" else args.arch)
-    think = {"on": True, "off": False, "model": None}[args.think]
+    think = args.think
+    prompt_version = task.prompt_id(args.prompt_style)
+    if args.greedy:
+        sampling, sampling_source = dict.fromkeys(SAMPLING_KNOBS), None
+    else:
+        sampling, sampling_source = effective_sampling(args.model, {k: getattr(args, k) for k in SAMPLING_KNOBS})
     spec = CellSpec(
         model=args.model_name or model_name_of(args.model), task=task.name, method=method,
         arch=None if method == "baseline" else topo.name,
         latent_steps=args.latent_steps if is_latent else None, realign=args.realign if is_latent else None,
-        memory=args.memory if is_latent else None, seed=args.seed, greedy=args.greedy,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        memory=args.memory if is_latent else None, seed=args.seed, greedy=args.greedy, **sampling,
+        max_new_tokens=args.max_new_tokens,
         agent_max_new_tokens=args.agent_max_new_tokens if method == "text_mas" else None, think=think,
         dtype=args.dtype, ridge_lambda=args.ridge_lambda if (is_latent and args.realign) else None,
-        topology_digest=topo.digest, n=args.n, backend=args.backend,
+        prompt_version=prompt_version, chat_template=args.chat_template, topology_digest=topo.digest, n=args.n,
+        backend=args.backend,
     )
     cfg_hash = spec.config_hash()
     out = Path(args.out)
@@ -303,8 +339,8 @@ def run(args: argparse.Namespace) -> int:
             mapper = LatentMapper(target_norm(lm.model), None, lm.device, lm.dtype)
     settings = MethodSettings(
         method=method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
-        decode=DecodeSettings(args.max_new_tokens, args.greedy, args.temperature, args.top_p),
-        agent_max_new_tokens=args.agent_max_new_tokens, think=think,
+        decode=decode_settings(args.max_new_tokens, args.greedy, sampling),
+        agent_max_new_tokens=args.agent_max_new_tokens, think=think, trace=args.trace,
     )
     versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version()}
     import transformers
@@ -316,33 +352,39 @@ def run(args: argparse.Namespace) -> int:
     base = {k: v for k, v in asdict(spec).items() if k not in {"topology_digest", "n"}}
 
     def to_input(rec: dict) -> SampleInput:
-        return SampleInput(rec["id"], task.user_prompt(rec), task.answer_instruction, sample_seed(args.seed, rec["id"]))
+        return SampleInput(rec["id"], task.user_prompt(rec, args.prompt_style), task.answer_instruction,
+                           sample_seed(args.seed, rec["id"]))
 
-    bar = tqdm(total=len(todo), desc=f"{task.name}/{method}", unit="sample", dynamic_ncols=True, file=sys.stderr)
+    samples_bar = bar(total=len(todo), desc=f"{task.name}/{method}", unit="sample")
+    steps = StepReporter(args.latent_steps if is_latent else 0, args.max_new_tokens)
     with RecordWriter(out) as writer:
         def on_done(batch: list[SampleInput], outs: list[SampleOutput]) -> None:
             for s, o in zip(batch, outs):
-                writer.write(make_record(s, o, by_id[s.sample_id]))
-            bar.update(len(batch))
+                record = make_record(s, o, by_id[s.sample_id])
+                check(record, RECORD_JSON_SCHEMA)  # ~0.1 ms: a record the scorer would reject is never written
+                writer.write(record)
+            samples_bar.update(len(batch))
 
         def make_record(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
             prompt = sum(a["input_tokens"] for a in o.agents)
             latent = sum(a["latent_steps"] for a in o.agents)
             generated = sum(a["generated_tokens"] for a in o.agents)
             return {
-                "schema": RECORD_SCHEMA, "config_hash": cfg_hash, **base, "sample_id": s.sample_id,
+                "schema": RECORD_SCHEMA, "config_hash": cfg_hash, **base, "sampling_source": sampling_source,
+                "sample_id": s.sample_id,
                 "index": index_of[s.sample_id], "status": "failed" if o.error else "ok", "error": o.error,
                 "final_text": o.final_text, "gold": rec["gold"], "agents": o.agents,
                 "tokens": {"prompt": prompt, "latent": latent, "generated": generated,
                            "total": prompt + latent + generated},
                 "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
                 "device": device_desc, "batch_size": args.batch_size, "versions": versions,
+                **({"question": s.question} if args.trace != "none" else {}),
                 "vllm": backend.describe(),
             }
 
         t0 = time.perf_counter()
-        backend.run_shard(topo, [to_input(r) for r in todo], settings, mapper, on_done)
-        bar.close()
+        backend.run_shard(topo, [to_input(r) for r in todo], settings, mapper, on_done, progress=steps)
+        samples_bar.close()
     log.info("%s: %d samples in %.1f s", out, len(todo), time.perf_counter() - t0)
     return 0
 

@@ -176,7 +176,7 @@ for p in shards:
     assert not glob.glob(p + ".partial*"), p
 scored = glob.glob("results/score/tiny-llama/gsm8k/*/seed0/all.jsonl")
 assert len(scored) == 2 and all(len(open(p).readlines()) == 2 for p in scored), scored
-for f in ["reports/tables/cells.csv", "reports/tables/summary.json", "reports/figures/accuracy.png",
+for f in ["reports/tables/settings.csv", "reports/tables/summary.json", "reports/figures/accuracy.png",
           "results/align/tiny-llama.safetensors"]:
     assert open(f, "rb").read(1), f
 print("[harness] ok: outputs: 2 records per shard (status ok), 2 scored cells, tables, figures, W_a")

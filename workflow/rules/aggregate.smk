@@ -7,7 +7,7 @@ rule aggregate:
     output:
         **{Path(n).name.replace(".", "_"): table_output(n) for n in TABLE_FILES},
     log:
-        "logs/aggregate.log",
+        job_log("aggregate", None),
     conda:
         conda_env("cpu")
     script:

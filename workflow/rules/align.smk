@@ -5,11 +5,11 @@ rule align:
     input:
         model=lambda wc: model_sentinel(wc.model),
     output:
-        "results/align/{model}.safetensors",
+        align_file("{model}"),
     params:
         settings=align_params,
     log:
-        "logs/align/{model}.log",
+        job_log("align", "{model}"),
     threads: threads_for("align", per_model=True)
     resources:
         **resources_for("align", per_model=True),

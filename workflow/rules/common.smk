@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the package from this checkou
 #      Cell id = {model}/{task}/{variant}/seed{seed}; variant = baseline | text_mas-{arch} |
 #      latent_mas-{arch}-k{steps}-{realign|norealign}[-mem_{memory}]  (memory suffix only when not "all")
 # ---------------------------------------------------------------------------------------------------------------------
+from latentmas import contracts as _contracts
 from latentmas.pipeline import experiment as _experiment
 
 SCHEMA_PATH = _experiment.SCHEMA_PATH  # package data: latentmas/schemas/
@@ -48,56 +49,58 @@ def n_shards(task: str) -> int:
     return config["tasks"][task]["n_shards"]
 
 
-def shard_names(task: str) -> list:
-    n = n_shards(task)
-    return [f"shard-{i}-of-{n}" for i in range(n)]
-
-
 def models_needing_align() -> list:
     return sorted({c["model"] for c in CELLS.values() if c["method"] == "latent_mas" and c["realign"]})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 3. Paths
+# 3. Paths: all from latentmas.contracts (the package writes and reads the same names)
 # ---------------------------------------------------------------------------------------------------------------------
-model_dir = _experiment.model_dir
+model_dir = _contracts.model_dir
+model_sentinel = _contracts.model_sentinel
+data_file = _contracts.data_file
+data_checksum_file = _contracts.data_checksum_file
+align_file = _contracts.align_file
+cell_scores = _contracts.cell_scores
+CELL_PATTERN = "{model}/{task}/{variant}/seed{seed}"
+INFER_FILE = _contracts.infer_file(CELL_PATTERN, "{shard}", "{nshards}")
+SCORE_FILE = _contracts.score_file(CELL_PATTERN, "{shard}", "{nshards}")
 
 
-def model_sentinel(model: str) -> str:
-    return f"resources/models/{model}/.fetched"
+def job_log(stage: str, name: str = f"{CELL_PATTERN}/{_contracts.SHARD_NAME}") -> str:
+    return _contracts.log_file(stage, name)
 
 
-data_file = _experiment.data_file
-align_file = _experiment.align_file
-
-
-def cell_scores(cell_id: str) -> str:
-    return f"results/score/{cell_id}/all.jsonl"
+def shard_scores(wc) -> list:
+    """The scored shards of one cell, in shard order (merge_cell's input)."""
+    n = n_shards(wc.task)
+    return [_contracts.score_file(cell_of(wc)["id"], i, n) for i in range(n)]
 
 
 def all_cell_scores() -> list:
     return [cell_scores(cid) for cid in sorted(CELLS)]
 
 
-# The fixed file names `latentmas aggregate` / `latentmas figures` write (latentmas.report.aggregate.OUTPUT_FILES,
-# latentmas.report.figures.FIGURES; tests/test_workflow.py keeps them in sync).
-TABLE_FILES = ("cells.parquet", "cells.csv", "per_seed.parquet", "per_seed.csv", "table_accuracy.md",
-               "table_tokens.md", "table_speed.md", "summary.json")
+# The fixed file names `latentmas aggregate` / `latentmas figures` write
+TABLE_FILES = _contracts.TABLE_FILES
 TABLE_CAPTIONS = {
-    "cells.csv": "../report/cells.rst",
+    "settings.csv": "../report/settings.rst",
     "per_seed.csv": "../report/per_seed.rst",
     "table_accuracy.md": "../report/table_accuracy.rst",
     "table_tokens.md": "../report/table_tokens.rst",
     "table_speed.md": "../report/table_speed.rst",
 }
-FIGURE_NAMES = ("accuracy", "tokens", "speedup", "latent_steps")
-PUBLISHED = [f"reports/tables/{n}" for n in TABLE_FILES] + [
-    f"reports/figures/{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "svg")
+TABLES_DIR = _contracts.TABLES_DIR
+FIGURES_DIR = _contracts.FIGURES_DIR
+FIGURE_NAMES = _contracts.FIGURE_NAMES
+FIGURE_FORMATS = _contracts.FIGURE_FORMATS
+PUBLISHED = [f"{_contracts.REPORTS_DIR}/tables/{n}" for n in TABLE_FILES] + [
+    f"{_contracts.REPORTS_DIR}/figures/{n}.{ext}" for n in FIGURE_NAMES for ext in FIGURE_FORMATS
 ]
 
 
 def table_output(name):
-    path = f"results/tables/{name}"
+    path = f"{TABLES_DIR}/{name}"
     if name in TABLE_CAPTIONS:
         return report(path, caption=TABLE_CAPTIONS[name], category="Tables")
     return path

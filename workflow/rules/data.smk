@@ -3,12 +3,12 @@
 
 rule fetch_dataset:
     output:
-        data="results/data/{task}.parquet",
-        sha="results/data/{task}.parquet.sha256",
+        data=data_file("{task}"),
+        sha=data_checksum_file("{task}"),
     params:
         settings=data_params,
     log:
-        "logs/fetch_dataset/{task}.log",
+        job_log("fetch_dataset", "{task}"),
     threads: threads_for("fetch_dataset")
     resources:
         **resources_for("fetch_dataset"),

@@ -1,19 +1,19 @@
-# Stage 7: figures from the cells table (latentmas.report.figures), then `publish`: the paper-ready copy under reports/.
+# Stage 7: figures from the settings table (latentmas.report.figures), then `publish`: the paper-ready copy under reports/.
 
 
 rule figures:
     input:
-        table="results/tables/cells.parquet",
+        table=f"{TABLES_DIR}/settings.parquet",
     output:
         **{
             f"{name}_png": report(
-                f"results/figures/{name}.png", caption=f"../report/fig_{name}.rst", category="Figures"
+                f"{FIGURES_DIR}/{name}.png", caption=f"../report/fig_{name}.rst", category="Figures"
             )
             for name in FIGURE_NAMES
         },
-        **{f"{name}_svg": f"results/figures/{name}.svg" for name in FIGURE_NAMES},
+        **{f"{name}_svg": f"{FIGURES_DIR}/{name}.svg" for name in FIGURE_NAMES},
     log:
-        "logs/figures.log",
+        job_log("figures", None),
     conda:
         conda_env("cpu")
     script:
@@ -22,12 +22,12 @@ rule figures:
 
 rule publish:
     input:
-        [f"results/tables/{n}" for n in TABLE_FILES]
-        + [f"results/figures/{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "svg")],
+        [f"{TABLES_DIR}/{n}" for n in TABLE_FILES]
+        + [f"{FIGURES_DIR}/{n}.{ext}" for n in FIGURE_NAMES for ext in FIGURE_FORMATS],
     output:
         PUBLISHED,
     log:
-        "logs/publish.log",
+        job_log("publish", None),
     conda:
         conda_env("cpu")
     script:

@@ -7,11 +7,11 @@ rule infer:
     input:
         unpack(infer_inputs),
     output:
-        "results/infer/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
+        INFER_FILE,
     params:
         settings=infer_settings,
     log:
-        "logs/infer/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.log",
+        job_log("infer"),
     threads: threads_for("infer", per_model=True)
     resources:
         **resources_for("infer", per_model=True),

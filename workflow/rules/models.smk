@@ -5,11 +5,11 @@
 
 rule fetch_model:
     output:
-        sentinel="resources/models/{model}/.fetched",
+        sentinel=model_sentinel("{model}"),
     params:
         settings=model_params,
     log:
-        "logs/fetch_model/{model}.log",
+        job_log("fetch_model", "{model}"),
     threads: threads_for("fetch_model")
     resources:
         **resources_for("fetch_model"),

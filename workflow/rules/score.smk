@@ -3,12 +3,14 @@
 
 rule score:
     input:
-        records="results/infer/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
-        data="results/data/{task}.parquet",
+        records=INFER_FILE,
+        data=data_file("{task}"),
     output:
-        "results/score/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.jsonl",
+        SCORE_FILE,
+    params:
+        extraction=config["scoring"]["extraction"],
     log:
-        "logs/score/{model}/{task}/{variant}/seed{seed}/shard-{shard}-of-{nshards}.log",
+        job_log("score"),
     threads: threads_for("score")
     resources:
         **resources_for("score"),
@@ -20,15 +22,11 @@ rule score:
 
 rule merge_cell:
     input:
-        lambda wc: expand(
-            "results/score/{cell}/{shard}.jsonl",
-            cell=cell_of(wc)["id"],
-            shard=shard_names(wc.task),
-        ),
+        shard_scores,
     output:
-        "results/score/{model}/{task}/{variant}/seed{seed}/all.jsonl",
+        cell_scores(CELL_PATTERN),
     log:
-        "logs/merge_cell/{model}/{task}/{variant}/seed{seed}.log",
+        job_log("merge_cell", CELL_PATTERN),
     conda:
         conda_env("cpu")
     script:

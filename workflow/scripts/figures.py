@@ -1,4 +1,4 @@
-"""figures: `latentmas figures --table results/tables/cells.parquet --out-dir results/figures`."""
+"""figures: `latentmas figures --table results/tables/settings.parquet --out-dir results/figures`."""
 import sys
 from pathlib import Path
 

@@ -16,12 +16,16 @@ class HFBackend:
         self.batch_size = batch_size
         self.backoff = backoff
 
-    def run_shard(self, topo, samples, settings, mapper, on_done) -> None:
+    def run_shard(self, topo, samples, settings, mapper, on_done, progress=None) -> None:
         def run_fn(batch):
-            return run_batch(self.lm, topo, batch, settings, mapper)
+            return run_batch(self.lm, topo, batch, settings, mapper, progress=progress)
 
+        n_batches = -(-len(samples) // self.batch_size)
         for start in range(0, len(samples), self.batch_size):
-            self.backoff(run_fn, samples[start:start + self.batch_size], on_done)
+            batch = samples[start:start + self.batch_size]
+            if progress is not None:
+                progress.start_batch(start // self.batch_size, n_batches, len(batch))
+            self.backoff(run_fn, batch, on_done)
 
     def describe(self) -> dict | None:
         return None  # nothing beyond the record's peak_mem_mb / device

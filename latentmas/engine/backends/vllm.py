@@ -230,7 +230,7 @@ class VLLMBackend:
         self.batch_size = batch_size
         self.backoff = backoff
 
-    def run_shard(self, topo, samples, settings, mapper, on_done) -> None:
+    def run_shard(self, topo, samples, settings, mapper, on_done, progress=None) -> None:
         latent = settings.method == "latent_mas"
         outs: list[SampleOutput] = self._latent_prefix(topo, samples, settings, mapper) if latent else \
             [SampleOutput() for _ in samples]

@@ -12,6 +12,7 @@ See docs/TASKS.md for the table of sources, id schemes and extraction rules.
 """
 from __future__ import annotations
 
+from latentmas.contracts import TASK_NAMES
 from latentmas.eval.tasks.base import (
     DatasetRecordError,
     DatasetSourceError,
@@ -31,8 +32,8 @@ _TASKS: dict[str, Task] = {
     for t in (GSM8K(), AIME2024(), AIME2025(), GPQADiamond(), MedQA(), ARCEasy(), ARCChallenge(), MbppPlus(),
               HumanEvalPlus())
 }
-
-TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
+if set(_TASKS) != set(TASK_NAMES):  # the names live in latentmas.contracts; a task class must exist for each
+    raise ImportError(f"task classes {sorted(_TASKS)} do not match latentmas.contracts.TASK_NAMES {TASK_NAMES}")
 
 
 def get_task(name: str) -> Task:

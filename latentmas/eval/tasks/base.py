@@ -147,6 +147,10 @@ class Task:
     vendored: VendoredFile | None = None
     answer_instruction: str = ""
     source_note: str = ""  # one line for docs/errors: what the offline source is
+    # Bump prompt_version whenever user_prompt()'s wording changes: it is part of every record's config hash, so a
+    # changed prompt never resumes onto records made with the old one (the answer instruction is hashed as is).
+    prompt_version: str = "1"
+    prompt_styles: tuple[str, ...] = ("ours",)  # "original": the original LatentMAS presentation, where it differs
 
     # ----------------------------------------------------------------------------------------------------- data
 
@@ -244,8 +248,24 @@ class Task:
 
     # ----------------------------------------------------------------------------------------------- prompting
 
-    def user_prompt(self, record: dict[str, Any]) -> str:
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
         raise NotImplementedError
+
+    def check_style(self, style: str) -> str:
+        if style not in self.prompt_styles:
+            raise ValueError(f"{self.name}: unknown prompt style {style!r} (this task has: "
+                             f"{', '.join(self.prompt_styles)})")
+        return style
+
+    def prompt_id(self, style: str = "ours") -> str:
+        """The per-task prompt version string recorded (and hashed) with every record, e.g. ``mbppplus/v1/original#3f2a``.
+
+        Carries the explicit version, the style and a digest of the answer instruction, so editing either wording
+        changes the config hash of new records.
+        """
+        self.check_style(style)
+        digest = hashlib.sha256(self.answer_instruction.encode()).hexdigest()[:8]
+        return f"{self.name}/v{self.prompt_version}/{style}#{digest}"
 
     # ------------------------------------------------------------------------------------------------- scoring
 
@@ -253,6 +273,10 @@ class Task:
         raise NotImplementedError
 
     def is_correct(self, prediction: str, record: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def score_strict(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
+        """Score as the original LatentMAS code did for this task (``extraction: strict``, :mod:`latentmas.eval.strict`)."""
         raise NotImplementedError
 
     def score(self, text: str | None, record: dict[str, Any]) -> ScoreResult:

@@ -17,8 +17,9 @@ import hashlib
 import re
 from typing import Any
 
+from latentmas.eval import strict
 from latentmas.eval.extract import extract_choice, letters_for
-from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, Task, VendoredFile
+from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, ScoreResult, Task, VendoredFile
 
 _CHOICE_INSTRUCTION = (
     "Reason briefly about the options, then write the letter of the single best option inside \\boxed{} at the end."
@@ -30,10 +31,19 @@ class ChoiceTask(Task):
     answer_instruction = _CHOICE_INSTRUCTION
     max_choices = 5  # used only when extract() is called without a record
 
-    def user_prompt(self, record: dict[str, Any]) -> str:
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
+        self.check_style(style)
         options = "\n".join(f"{letter}. {text}" for letter, text in zip(letters_for(len(record["choices"])),
                                                                            record["choices"]))
         return f"{record['question']}\n\n{options}"
+
+    def score_strict(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
+        """The original LatentMAS rule for choice tasks: its extracted string equals the lower-cased gold letter."""
+        pred = strict.number_answer(text)
+        if pred is None:
+            return ScoreResult(None, False, "no_answer")
+        ok = pred == strict.choice_gold(record)
+        return ScoreResult(pred, ok, "correct" if ok else "wrong")
 
     def extract(self, text: str | None, record: dict[str, Any] | None = None) -> str | None:
         if record is not None:
@@ -196,7 +206,15 @@ class GPQADiamond(ChoiceTask):
             raise DatasetSourceError(self.no_vendored_message())
         return super()._raw_rows(source)
 
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
+        if record["extras"].get("layout") == "embedded":  # options inside the question, in the source's order
+            self.check_style(style)
+            return record["question"]
+        return super().user_prompt(record, style)
+
     def normalise(self, raw: dict[str, Any], position: int, where: str) -> dict[str, Any]:
+        if "Question" not in raw and "question" in raw:
+            return self._normalise_embedded(raw, position, where)
         record_id = str(raw.get("Record ID") or "").strip()
         rid = f"gpqa_diamond/{record_id}" if record_id else f"gpqa_diamond/{position:04d}"
         question = self.field(raw, "Question", where, rid).strip()
@@ -209,3 +227,22 @@ class GPQADiamond(ChoiceTask):
         if record_id:
             extras["record_id"] = record_id
         return self.record(rid, question, choices, gold, extras)
+
+    def _normalise_embedded(self, raw: dict[str, Any], position: int, where: str) -> dict[str, Any]:
+        """A row whose ``question`` already holds the lettered options and whose ``answer`` is the letter: the layout
+        of ``fingertap/GPQA-Diamond``, which the original LatentMAS read. The question is shown as it is, so the
+        options keep the source's order (and letters); ``choices`` are parsed from it for scoring."""
+        rid = f"gpqa_diamond/{position:04d}"
+        question = self.field(raw, "question", where, rid).strip()
+        answer = self.field(raw, "answer", where, rid).strip().strip("()").strip().upper()
+        found = dict(_EMBEDDED_OPTION_RE.findall(question))
+        letters = letters_for(4)
+        if sorted(found) != list(letters):
+            raise DatasetRecordError(self.name, where, "question", f"does not hold options A-D on their own lines "
+                                     f"(found {sorted(found)})", rid)
+        if answer not in letters:
+            raise DatasetRecordError(self.name, where, "answer", f"{answer!r} is not a letter A-D", rid)
+        return self.record(rid, question, [found[x].strip() for x in letters], answer, {"layout": "embedded"})
+
+
+_EMBEDDED_OPTION_RE = re.compile(r"^\s*\(?([A-D])[).:]\s+(.+?)\s*$", re.MULTILINE)

@@ -20,6 +20,7 @@ import copy
 import re
 from typing import Any
 
+from latentmas.eval import strict
 from latentmas.eval.extract import extract_code
 from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, HubSource, ScoreResult, Task, VendoredFile
 
@@ -76,7 +77,14 @@ class CodeTask(Task):
         return self.solution(text, record)
 
     def score(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
-        code = self.solution(text, record)
+        return self.run_program(self.solution(text, record), record)
+
+    def score_strict(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
+        """The original LatentMAS rule for code: only the last closed ```python block, run as it is (no prompt or
+        imports put in front). The tests run are still evalplus's base + plus inputs (docs/TASKS.md)."""
+        return self.run_program(strict.python_block(text), record)
+
+    def run_program(self, code: str | None, record: dict[str, Any]) -> ScoreResult:
         if code is None:
             return ScoreResult(None, False, "no_answer")
         from latentmas.eval import sandbox  # imported late: only code scoring needs it
@@ -109,7 +117,8 @@ class HumanEvalPlus(CodeTask):
                             "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101", 164)
     source_note = "vendored: HumanEvalPlus.jsonl.gz v0.1.10 from evalplus/humanevalplus_release (what evalplus downloads)"
 
-    def user_prompt(self, record: dict[str, Any]) -> str:
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
+        self.check_style(style)
         return (
             f"Complete the Python function `{record['gold']}` below so that it does what its docstring describes.\n\n"
             f"```python\n{record['question'].rstrip()}\n```"
@@ -137,10 +146,21 @@ class MbppPlus(CodeTask):
                             "af43697e8791c4c149bdfd6b489d8b5412507551ac20e28a439f650b8225db63", 378)
     source_note = "vendored: MbppPlus.jsonl.gz v0.2.0 from evalplus/mbppplus_release (what evalplus downloads)"
 
-    def user_prompt(self, record: dict[str, Any]) -> str:
+    prompt_styles = ("ours", "original")
+
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
+        """ours: the release file's docstring (the task plus one example assert). original: the task text and the
+        three asserts of MBPP's test_list (the release file's ``assertion``), as the original LatentMAS showed them."""
+        self.check_style(style)
         spec = record["question"].strip()
         if spec.startswith('"""') and spec.endswith('"""') and len(spec) >= 6:
             spec = spec[3:-3].strip()
+        if style == "original":
+            task_text = "\n".join(ln for ln in spec.splitlines() if not ln.lstrip().startswith("assert "))
+            asserts = [ln.strip() for ln in record["extras"].get("assertion", "").splitlines()
+                       if ln.strip().startswith("assert ")][:3]
+            return (f"{task_text.strip()}\n\nWrite it as a Python function named `{record['gold']}`. It will be "
+                    f"tested with checks like these:\n" + "\n".join(asserts))
         return f"{spec}\n\nWrite it as a Python function named `{record['gold']}`; the assert above shows how it is called."
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from latentmas.records import atomic_path
+from latentmas.contracts import EXIT_BAD_INPUT
 from latentmas.eval.tasks import TASK_NAMES, get_task
 from latentmas.eval.tasks.base import DatasetRecordError, DatasetSourceError, sha256_file
 
@@ -108,7 +109,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         records = task.load(args.source)
     except (DatasetSourceError, DatasetRecordError) as exc:
         print(f"latentmas fetch-data: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     total = len(records)
     if args.limit is not None:
         records = records[: args.limit]

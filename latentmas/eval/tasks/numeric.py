@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 from latentmas.eval.extract import extract_number, format_number, numbers_equal, parse_number
-from latentmas.eval.tasks.base import DatasetRecordError, HubSource, Task, VendoredFile
+from latentmas.eval import strict
+from latentmas.eval.tasks.base import DatasetRecordError, HubSource, ScoreResult, Task, VendoredFile
 
 _NUMERIC_INSTRUCTION = (
     "Solve it step by step, then write the final numeric answer inside \\boxed{} at the end."
@@ -20,11 +21,20 @@ class NumericTask(Task):
     kind = "numeric"
     answer_instruction = _NUMERIC_INSTRUCTION
 
-    def user_prompt(self, record: dict[str, Any]) -> str:
+    def user_prompt(self, record: dict[str, Any], style: str = "ours") -> str:
+        self.check_style(style)
         return record["question"]
 
     def extract(self, text: str | None, record: dict[str, Any] | None = None) -> str | None:
         return extract_number(text)
+
+    def score_strict(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
+        """The original LatentMAS rule for GSM8K: its extracted string equals the gold string (docs/TASKS.md)."""
+        pred = strict.number_answer(text)
+        if pred is None:
+            return ScoreResult(None, False, "no_answer")
+        ok = pred == strict.gsm8k_gold(record)
+        return ScoreResult(pred, ok, "correct" if ok else "wrong")
 
     def is_correct(self, prediction: str, record: dict[str, Any]) -> bool:
         return numbers_equal(prediction, record["gold"])
@@ -46,8 +56,9 @@ class GSM8K(NumericTask):
         value = parse_number(final.strip().replace(",", ""))
         if value is None:
             raise DatasetRecordError(self.name, where, "answer", f"ends in '#### {final.strip()}', not a number", rid)
+        # "final": the raw text after ####, for extraction: strict (the original parsed its gold from it)
         return self.record(rid, question.strip(), None, format_number(value),
-                           {"solution": solution.strip()})
+                           {"solution": solution.strip(), "final": final.strip()})
 
 
 class AIME(NumericTask):
@@ -56,6 +67,17 @@ class AIME(NumericTask):
         "at the end."
     )
     use_row_id = False  # aime2024: the dataset's own problem id; aime2025: the position in the file
+
+    def score_strict(self, text: str | None, record: dict[str, Any]) -> ScoreResult:
+        """The original LatentMAS rule for AIME: ``int()`` of its extracted string equals ``int()`` of the gold."""
+        pred = strict.number_answer(text)
+        if pred is None:
+            return ScoreResult(None, False, "no_answer")
+        try:
+            ok = int(pred) == int(record["gold"])
+        except ValueError:
+            return ScoreResult(pred, False, "wrong")  # the original: "Value error in parsing answer", incorrect
+        return ScoreResult(pred, ok, "correct" if ok else "wrong")
 
     def normalise(self, raw: dict[str, Any], position: int, where: str) -> dict[str, Any]:
         if self.use_row_id:
