@@ -125,6 +125,38 @@ def run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], setti
         STEP_HOOK.reset(token)
 
 
+def _think_latently(lm: LoadedModel, shared: SequenceBatch, name: str, prompts: list[list[int]],
+                    rendered: list[str] | None, settings: MethodSettings, mapper: LatentMapper, lens, alive,
+                    outs: list[SampleOutput], observe, t0: float) -> SequenceBatch:
+    """One non-final latent_mas agent: read its prompt onto the shared cache, think ``latent_steps`` steps, append
+    its per-sample agent record; returns the (possibly hand-off-truncated) shared cache."""
+    bsz = len(prompts)
+    ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
+    if observe is not None:
+        observe(name, shared)
+    hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=name, kind="prompt")
+    observer = lens.recorder(bsz, name) if lens is not None and settings.latent_steps else None
+    _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, name, alive,
+                              observer=observer)
+    lensed = observer.finish(trace.norms) if observer is not None else None
+    if settings.control.scope == "handoff":
+        shared = controls.handoff_truncate(lm.model, shared, settings.memory, name)
+    wall = (_synced_clock(lm.device) - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
+    for i in range(bsz):
+        failed = trace.failed_at[i]
+        if failed is not None and alive[i]:
+            outs[i].error = f"non-finite latent at agent {name} step {failed}"
+            alive[i] = False
+        outs[i].agents.append(_agent_record(
+            name, len(prompts[i]), settings.latent_steps, 0, wall, None,
+            {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
+        if lensed is not None:
+            outs[i].agents[-1]["latent"]["lens"] = lensed[i]
+        if rendered is not None:
+            outs[i].agents[-1]["prompt"] = rendered[i]
+    return shared
+
+
 def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], settings: MethodSettings,
                mapper: LatentMapper | None, observe) -> list[SampleOutput]:
     if settings.method not in METHODS:
@@ -156,29 +188,8 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
         prompts = [encode(tok, r) for r in rendered]
         gens = None if settings.decode.greedy else _generators(samples, a_idx, lm.device)
         if settings.method == "latent_mas" and not agent.final:
-            ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
-            if observe is not None:
-                observe(agent.name, shared)
-            hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
-            observer = lens.recorder(bsz, agent.name) if lens is not None and settings.latent_steps else None
-            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive,
-                                      observer=observer)
-            lensed = observer.finish(trace.norms) if observer is not None else None
-            if settings.control.scope == "handoff":
-                shared = controls.handoff_truncate(lm.model, shared, settings.memory, agent.name)
-            wall = (_synced_clock(lm.device) - t0 - (observer.seconds if observer is not None else 0.0)) / bsz
-            for i in range(bsz):
-                failed = trace.failed_at[i]
-                if failed is not None and alive[i]:
-                    outs[i].error = f"non-finite latent at agent {agent.name} step {failed}"
-                    alive[i] = False
-                outs[i].agents.append(_agent_record(
-                    agent.name, len(prompts[i]), settings.latent_steps, 0, wall, None,
-                    {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
-                if lensed is not None:
-                    outs[i].agents[-1]["latent"]["lens"] = lensed[i]
-                if tracing:
-                    outs[i].agents[-1]["prompt"] = rendered[i]
+            shared = _think_latently(lm, shared, agent.name, prompts, rendered if tracing else None, settings, mapper,
+                                     lens, alive, outs, observe, t0)
             continue
 
         memory = None

@@ -307,12 +307,101 @@ def decode_settings(max_new_tokens: int, greedy: bool, sampling: dict) -> Decode
     return DecodeSettings(max_new_tokens=max_new_tokens, greedy=greedy, **knobs)
 
 
-def run(args: argparse.Namespace) -> int:
-    from latentmas.progress import StepReporter, bar
+def _check_controls(args: argparse.Namespace, control: str | None) -> None:
+    """Controls are latent_mas cells on the reference backend; say so before anything loads."""
+    if control is not None and args.method != "latent_mas":
+        raise RunConfigError(f"controls ({control}) apply to --method latent_mas only, not {args.method}")
+    if control is not None and args.backend != "hf":
+        raise RunConfigError(f"controls ({control}) run on --backend hf only: the vLLM hand-off rebuilds the full "
+                             f"latent_mas memory and would silently drop the control")
+    if not 0.0 <= args.keep_fraction <= 1.0:
+        raise RunConfigError(f"--keep-fraction must be in [0, 1], got {args.keep_fraction}")
 
-    from latentmas.engine.models import effective_sampling, model_name_of
-    from latentmas.eval.tasks import get_task
+
+def _cell_spec(args: argparse.Namespace, task, topo, mapper_kind: str, control: str | None,
+               sampling: dict) -> CellSpec:
+    """What identifies this shard's records (its hash guards resume)."""
+    from latentmas.engine.models import model_name_of
+
+    method = args.method
+    is_latent = method == "latent_mas"
+    uses_w_a = is_latent and mapper_kind in ("ridge", "random_spectrum")
+    return CellSpec(
+        model=args.model_name or model_name_of(args.model), task=task.name, method=method,
+        arch=None if method == "baseline" else topo.name,
+        latent_steps=args.latent_steps if is_latent else None, realign=mapper_kind == "ridge" if is_latent else None,
+        memory=args.memory if is_latent else None, seed=args.seed, greedy=args.greedy, **sampling,
+        max_new_tokens=args.max_new_tokens,
+        agent_max_new_tokens=args.agent_max_new_tokens if method == "text_mas" else None, think=args.think,
+        dtype=args.dtype, ridge_lambda=args.ridge_lambda if uses_w_a else None,
+        prompt_version=task.prompt_id(args.prompt_style), chat_template=args.chat_template,
+        topology_digest=topo.digest, n=args.n, control=control, backend=args.backend,
+    )
+
+
+def _pending(out: Path, mine: list[dict], cfg_hash: str) -> list[dict]:
+    """The shard's samples not yet in ``out``; refuse a file that holds another configuration's records."""
+    done_records = repair(out)
+    for rec in done_records:
+        if rec.get("config_hash") != cfg_hash:
+            raise RunConfigError(
+                f"{out} holds records of another configuration (config_hash {rec.get('config_hash')} vs {cfg_hash}, "
+                f"sample {rec.get('sample_id')}); move it away or choose another --out. Nothing was changed.")
+    done_ids = {r["sample_id"] for r in done_records}
+    return [r for r in mine if r["id"] not in done_ids]
+
+
+def _method_settings(args: argparse.Namespace, sampling: dict) -> MethodSettings:
+    is_latent = args.method == "latent_mas"
+    return MethodSettings(
+        method=args.method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
+        decode=decode_settings(args.max_new_tokens, args.greedy, sampling),
+        agent_max_new_tokens=args.agent_max_new_tokens, think=args.think, trace=args.trace,
+        control=MemoryControl(transfer=not args.no_transfer, scope=args.memory_scope,
+                              keep_fraction=args.keep_fraction, keep_rule=args.keep_rule),
+        single_matched=args.single_matched,
+    )
+
+
+def _record_maker(args: argparse.Namespace, spec: CellSpec, cfg_hash: str, sampling_source, records: list[dict],
+                  lm, backend):
+    """``make(sample_input, sample_output, dataset_row) -> record``: the fields every record of the shard shares,
+    computed once."""
+    import transformers
+
+    versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                "transformers": transformers.__version__}
+    device_desc = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"cpu ({platform.machine()})"
+    index_of = {r["id"]: i for i, r in enumerate(records)}
+    base = {k: v for k, v in asdict(spec).items() if k not in {"topology_digest", "n"}}
+
+    def make(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
+        prompt = sum(a["input_tokens"] for a in o.agents)
+        latent = sum(a["latent_steps"] for a in o.agents)
+        generated = sum(a["generated_tokens"] for a in o.agents)
+        inherited = o.agents[-1].get("memory") if o.agents else None
+        return {
+            "schema": RECORD_SCHEMA, "config_hash": cfg_hash, **base, "sampling_source": sampling_source,
+            "sample_id": s.sample_id,
+            "index": index_of[s.sample_id], "status": "failed" if o.error else "ok", "error": o.error,
+            "final_text": o.final_text, "gold": rec["gold"], "agents": o.agents,
+            "tokens": {"prompt": prompt, "latent": latent, "generated": generated,
+                       "total": prompt + latent + generated},
+            "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
+            "device": device_desc, "batch_size": args.batch_size, "versions": versions,
+            **({"question": s.question} if args.trace != "none" else {}),
+            "kept_cache_bytes": None if inherited is None else inherited["kept_bytes"],
+            "vllm": backend.describe(),
+        }
+
+    return make
+
+
+def run(args: argparse.Namespace) -> int:
+    from latentmas.engine.models import effective_sampling
     from latentmas.engine.topology import load_topology
+    from latentmas.eval.tasks import get_task
+    from latentmas.progress import StepReporter, bar
 
     shard, n_shards = parse_shard(args.shard)
     if args.batch_size < 1:
@@ -324,48 +413,20 @@ def run(args: argparse.Namespace) -> int:
     n_total = len(records) if args.n is None else min(args.n, len(records))
     mine = [records[i] for i in shard_slice(n_total, shard, n_shards)]
 
-    method = args.method
-    is_latent = method == "latent_mas"
+    is_latent = args.method == "latent_mas"
     mapper_kind = resolve_mapper(args)
     control = control_name(args.no_transfer, args.single_matched, mapper_kind, args.keep_fraction, args.keep_rule,
                            args.memory_scope)
-    if control is not None and not is_latent:
-        raise RunConfigError(f"controls ({control}) apply to --method latent_mas only, not {method}")
-    if control is not None and args.backend != "hf":
-        raise RunConfigError(f"controls ({control}) run on --backend hf only: the vLLM hand-off rebuilds the full "
-                             f"latent_mas memory and would silently drop the control")
-    if not 0.0 <= args.keep_fraction <= 1.0:
-        raise RunConfigError(f"--keep-fraction must be in [0, 1], got {args.keep_fraction}")
-    uses_w_a = is_latent and mapper_kind in ("ridge", "random_spectrum")
-    topo = load_topology("single" if method == "baseline" else args.arch)
-    think = args.think
-    prompt_version = task.prompt_id(args.prompt_style)
+    _check_controls(args, control)
+    topo = load_topology("single" if args.method == "baseline" else args.arch)
     if args.greedy:
         sampling, sampling_source = dict.fromkeys(SAMPLING_KNOBS), None
     else:
         sampling, sampling_source = effective_sampling(args.model, {k: getattr(args, k) for k in SAMPLING_KNOBS})
-    spec = CellSpec(
-        model=args.model_name or model_name_of(args.model), task=task.name, method=method,
-        arch=None if method == "baseline" else topo.name,
-        latent_steps=args.latent_steps if is_latent else None, realign=mapper_kind == "ridge" if is_latent else None,
-        memory=args.memory if is_latent else None, seed=args.seed, greedy=args.greedy, **sampling,
-        max_new_tokens=args.max_new_tokens,
-        agent_max_new_tokens=args.agent_max_new_tokens if method == "text_mas" else None, think=think,
-        dtype=args.dtype, ridge_lambda=args.ridge_lambda if uses_w_a else None,
-        prompt_version=prompt_version, chat_template=args.chat_template, topology_digest=topo.digest, n=args.n,
-        control=control,
-        backend=args.backend,
-    )
+    spec = _cell_spec(args, task, topo, mapper_kind, control, sampling)
     cfg_hash = spec.config_hash()
     out = Path(args.out)
-    done_records = repair(out)
-    for rec in done_records:
-        if rec.get("config_hash") != cfg_hash:
-            raise RunConfigError(
-                f"{out} holds records of another configuration (config_hash {rec.get('config_hash')} vs {cfg_hash}, "
-                f"sample {rec.get('sample_id')}); move it away or choose another --out. Nothing was changed.")
-    done_ids = {r["sample_id"] for r in done_records}
-    todo = [r for r in mine if r["id"] not in done_ids]
+    todo = _pending(out, mine, cfg_hash)
     log.info("%s: %d samples in shard %d/%d, %d already done, %d to run", out, len(mine), shard, n_shards,
              len(mine) - len(todo), len(todo))
     if not todo:
@@ -376,28 +437,15 @@ def run(args: argparse.Namespace) -> int:
     backend = open_backend(args, run_with_backoff)
     lm = backend.lm
     mapper = build_mapper(lm, args, mapper_kind) if is_latent else None
-    settings = MethodSettings(
-        method=method, latent_steps=args.latent_steps if is_latent else 0, memory=args.memory,
-        decode=decode_settings(args.max_new_tokens, args.greedy, sampling),
-        agent_max_new_tokens=args.agent_max_new_tokens, think=think, trace=args.trace,
-        control=MemoryControl(transfer=not args.no_transfer, scope=args.memory_scope,
-                              keep_fraction=args.keep_fraction, keep_rule=args.keep_rule),
-        single_matched=args.single_matched,
-    )
-    versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    import transformers
-
-    versions["transformers"] = transformers.__version__
-    device_desc = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"cpu ({platform.machine()})"
-    index_of = {r["id"]: i for i, r in enumerate(records)}
+    settings = _method_settings(args, sampling)
+    make_record = _record_maker(args, spec, cfg_hash, sampling_source, records, lm, backend)
     by_id = {r["id"]: r for r in todo}
-    base = {k: v for k, v in asdict(spec).items() if k not in {"topology_digest", "n"}}
 
     def to_input(rec: dict) -> SampleInput:
         return SampleInput(rec["id"], task.user_prompt(rec, args.prompt_style), task.answer_instruction,
                            sample_seed(args.seed, rec["id"]))
 
-    samples_bar = bar(total=len(todo), desc=f"{task.name}/{method}", unit="sample")
+    samples_bar = bar(total=len(todo), desc=f"{task.name}/{args.method}", unit="sample")
     steps = StepReporter(args.latent_steps if is_latent else 0, args.max_new_tokens)
     with RecordWriter(out) as writer:
         def on_done(batch: list[SampleInput], outs: list[SampleOutput]) -> None:
@@ -406,25 +454,6 @@ def run(args: argparse.Namespace) -> int:
                 check(record, RECORD_JSON_SCHEMA)  # ~0.1 ms: a record the scorer would reject is never written
                 writer.write(record)
             samples_bar.update(len(batch))
-
-        def make_record(s: SampleInput, o: SampleOutput, rec: dict) -> dict:
-            prompt = sum(a["input_tokens"] for a in o.agents)
-            latent = sum(a["latent_steps"] for a in o.agents)
-            generated = sum(a["generated_tokens"] for a in o.agents)
-            inherited = o.agents[-1].get("memory") if o.agents else None
-            return {
-                "schema": RECORD_SCHEMA, "config_hash": cfg_hash, **base, "sampling_source": sampling_source,
-                "sample_id": s.sample_id,
-                "index": index_of[s.sample_id], "status": "failed" if o.error else "ok", "error": o.error,
-                "final_text": o.final_text, "gold": rec["gold"], "agents": o.agents,
-                "tokens": {"prompt": prompt, "latent": latent, "generated": generated,
-                           "total": prompt + latent + generated},
-                "wall_s": round(sum(a["wall_s"] for a in o.agents), 6), "peak_mem_mb": round(_peak_mem_mb(lm.device), 1),
-                "device": device_desc, "batch_size": args.batch_size, "versions": versions,
-                **({"question": s.question} if args.trace != "none" else {}),
-                "kept_cache_bytes": None if inherited is None else inherited["kept_bytes"],
-                "vllm": backend.describe(),
-            }
 
         t0 = time.perf_counter()
         backend.run_shard(topo, [to_input(r) for r in todo], settings, mapper, on_done, progress=steps)
