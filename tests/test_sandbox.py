@@ -117,15 +117,25 @@ def load_hostile(name: str, **subs: str) -> tuple[str, str]:
 
 
 def sandbox_leftovers() -> list[psutil.Process]:
-    """Processes running as a sandbox uid (full isolation picks uids in [1e9, 2e9))."""
+    """Processes running as a sandbox uid (full isolation picks uids in [1e9, 2e9)) that escaped their supervisor:
+    re-parented to init. A sandbox still under its own supervisor (another scorer or test session running at the
+    same time on this machine) is not a leak of this test's runs."""
     left = []
     for p in psutil.process_iter(["uids", "status"]):
         try:
-            if p.info["uids"] is not None and p.info["uids"].real >= 1_000_000_000:
+            if p.info["uids"] is not None and p.info["uids"].real >= 1_000_000_000 and _escaped(p):
                 left.append(p)
         except psutil.NoSuchProcess:
             pass
     return left
+
+
+def _escaped(p: psutil.Process) -> bool:
+    """True unless some ancestor below init runs as a normal (non-sandbox) uid, i.e. a supervisor still holds it."""
+    for parent in p.parents():
+        if parent.pid != 1 and parent.uids().real < 1_000_000_000:
+            return False
+    return True
 
 
 def my_children() -> list[psutil.Process]:

@@ -19,7 +19,7 @@ rule bench:
         extra=os.environ.get("LATENTMAS_BENCH_ARGS", ""),
     log:
         "logs/bench.log",
-    threads: workflow.cores
+    threads: lambda wildcards: workflow.cores  # deferred: `snakemake --report` defines no --cores
     conda:
         conda_env()
     shell:
