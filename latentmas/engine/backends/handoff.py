@@ -14,14 +14,12 @@ the prompt embeddings are the HF backend's own inputs, not a re-derivation.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
-from latentmas.engine.latent import latent_rollout
-from latentmas.engine.methods import SampleOutput, _agent_record
+from latentmas.engine.methods import SampleOutput, _synced_clock, _think_latently
 from latentmas.engine.models import encode, render_chat
 
 
@@ -100,22 +98,12 @@ def _run_prefix(lm, topo, samples, settings, mapper):
     shared = SequenceBatch.empty(lm.model, bsz, lm.device)
     with InputRecorder(lm) as rec:
         for agent in topo.agents[:-1]:
-            t0 = time.perf_counter()
+            t0 = _synced_clock(lm.device)
             prompts = [encode(lm.tokenizer, render_chat(
                 lm.tokenizer, topo.render(agent, s.question, s.answer_instruction, "latent", {}), settings.think))
                 for s in samples]
-            ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
-            hidden = extend(lm.model, shared, mask, input_ids=ids, want="hidden", agent=agent.name, kind="prompt")
-            _, trace = latent_rollout(lm.model, shared, hidden, settings.latent_steps, mapper, agent.name, alive)
-            wall = (time.perf_counter() - t0) / bsz
-            for i in range(bsz):
-                failed = trace.failed_at[i]
-                if failed is not None and alive[i]:
-                    outs[i].error = f"non-finite latent at agent {agent.name} step {failed}"
-                    alive[i] = False
-                outs[i].agents.append(_agent_record(
-                    agent.name, len(prompts[i]), settings.latent_steps, 0, wall, None,
-                    {"norms": [round(x, 6) for x in trace.norms[i]], "nonfinite": failed is not None}))
+            shared = _think_latently(lm, shared, agent.name, prompts, None, settings, mapper, None, alive, outs,
+                                     None, t0)
     return outs, shared, rec
 
 
