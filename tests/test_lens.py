@@ -332,3 +332,31 @@ def test_run_trace_default_is_the_config_default():
     cell = next(iter(experiment.expand_cells(cfg).values()))
     args = experiment.run_args(experiment.cell_settings(cfg, cell, 0, 1), "d", "m", "x.parquet", "a.safetensors")
     assert args[args.index("--trace") + 1] == "none"
+
+
+def test_collapse_to_end_of_turn_is_flagged_at_its_step(tiny_lm, caplog):
+    """A latent step whose lens reads the model's end-of-turn token with p >= SANE.collapse_p is flagged `collapse`
+    at that step (and warned with agent and step); the same step is not flagged when that token is not a stop id,
+    and a diffuse step never is. Catches: the flag on the wrong step, on any confident token, or never raised."""
+    import torch
+
+    from latentmas.engine.lens import LatentLens
+
+    lm = tiny_lm("qwen2")
+    head = lm.model.get_output_embeddings().weight.detach().float()  # [V, d]
+    stop = int(head.norm(dim=-1).argmax())  # the row with the largest norm wins its own dot product
+    diffuse = torch.zeros(1, head.shape[1])  # uniform lens
+    sharp = head[stop][None, :] * (200.0 / head[stop].norm())  # lens top-1 = stop with p ~ 1
+
+    def flags(stop_ids):
+        rec = LatentLens(lm.model, lm.tokenizer, "summary", stop_ids).recorder(1, "judger")
+        for t, h in enumerate((diffuse, sharp)):
+            rec(t, h.to(lm.dtype), h.to(lm.dtype))
+        col = rec.finish([[1.0, 1.0]])[0]
+        assert col["top_p"][1][0] >= 0.5  # the constructed step really is confident
+        return [f for f in col["flags"] if f["kind"] == "collapse"]
+
+    with caplog.at_level("WARNING"):
+        assert flags({stop}) == [{"step": 1, "kind": "collapse"}]
+    assert "agent judger step 1: collapse" in caplog.text
+    assert flags(set()) == [] and flags({(stop + 1) % head.shape[0]}) == []

@@ -16,7 +16,8 @@ it anyway, per step of every agent, through the model's own weights:
 Stored per agent in the record (``agents[i].latent.lens``) column-wise, at the level ``trace`` asks for:
 ``summary`` (default; top-3 lens tokens, nearest token, scalars rounded), ``full`` (top-10, 5 nearest, token ids),
 ``none`` (no observer at all: the rollout does no extra work). Health ranges are :data:`SANE`; steps outside them
-are listed per agent in ``lens.flags`` and logged as one warning per agent and kind naming the first step.
+are listed per agent in ``lens.flags`` (kinds ``nonfinite``, ``norm``, ``entropy``, and ``collapse``: the lens
+reads the model's end-of-turn/EOS token as the likely next token, i.e. the thought has collapsed to "stop") and logged as one warning per agent and kind naming the first step.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class SaneRange:
 
     norm_growth: tuple[float, float] = (0.25, 4.0)  # ||hidden_t|| / ||hidden_0|| (hidden_0: prompt's last state)
     max_entropy_frac: float = 0.95  # lens entropy / log(vocab): near 1 = uniform, the head reads nothing
+    collapse_p: float = 0.5  # lens top-1 is a stop token (end of turn / EOS) at least this likely: the thought
+    #                          reads "stop talking" rather than content (seen on the demo model's judger steps)
 
 
 SANE = SaneRange()
@@ -63,7 +66,7 @@ def _r(x: float) -> float | None:
 class LatentLens:
     """One per loaded model: the head, the input-embedding matrix and its row norms (no normalized copy: [V] only)."""
 
-    def __init__(self, model, tokenizer, level: str = DEFAULT_TRACE):
+    def __init__(self, model, tokenizer, level: str = DEFAULT_TRACE, stop_ids=()):
         if level not in LEVELS:
             raise ValueError(f"trace level {level!r} has no lens; use one of {', '.join(LEVELS)}")
         self.level = LEVELS[level]
@@ -72,6 +75,7 @@ class LatentLens:
         self.emb_norm = self.emb.float().norm(dim=-1).clamp_min(1e-12)  # [V_in]
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.tokenizer = tokenizer
+        self.stop_ids = frozenset(int(t) for t in stop_ids)  # the model's end-of-turn / EOS ids (collapse flag)
         self._token_cache: dict[int, str] = {}
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -162,11 +166,14 @@ class AgentLens:
             col["top_id"] = [[int(t) for t in x["top_id"][b]] for x in s]
             col["near_id"] = [[int(t) for t in x["near_id"][b]] for x in s]
         col["log_vocab"] = _r(s[0]["log_vocab"]) if s else None
-        col["flags"] = step_flags(col)
+        collapsed = [t for t, x in enumerate(s) if int(x["top_id"][b][0]) in self.lens.stop_ids
+                     and float(x["top_p"][b][0]) >= SANE.collapse_p]
+        col["flags"] = sorted(step_flags(col) + [{"step": t, "kind": "collapse"} for t in collapsed],
+                              key=lambda f: f["step"])
         return col
 
     def _warn(self, per_sample: list[dict]) -> None:
-        for kind in ("nonfinite", "norm", "entropy"):
+        for kind in _RANGE_TEXT:
             hits = [(b, f["step"]) for b, col in enumerate(per_sample) for f in col["flags"] if f["kind"] == kind]
             if hits:
                 first = min(step for _, step in hits)
@@ -179,6 +186,7 @@ _RANGE_TEXT = {
     "nonfinite": "non-finite hidden state",
     "norm": f"||h_t||/||h_0|| outside {SANE.norm_growth[0]}..{SANE.norm_growth[1]}",
     "entropy": f"lens entropy > {SANE.max_entropy_frac} of log(vocab)",
+    "collapse": f"lens top-1 is an end-of-turn/EOS token with p >= {SANE.collapse_p}",
 }
 
 

@@ -175,7 +175,8 @@ def _run_batch(lm: LoadedModel, topo: Topology, samples: list[SampleInput], sett
     shared = SequenceBatch.empty(lm.model, bsz, lm.device) if settings.method == "latent_mas" else None
     mode = {"baseline": "none", "text_mas": "text", "latent_mas": "latent"}[settings.method]
     tracing = settings.trace != "none"
-    lens = LatentLens(lm.model, tok, settings.trace) if tracing and settings.method == "latent_mas" else None
+    lens = (LatentLens(lm.model, tok, settings.trace, lm.eos_token_ids)
+            if tracing and settings.method == "latent_mas" else None)
     if settings.method == "latent_mas" and settings.single_matched:
         prompts = [encode(tok, render_chat(tok, topo.render(topo.final_agent, s.question, s.answer_instruction, mode),
                                            settings.think)) for s in samples]

@@ -3,7 +3,8 @@
 From scored (or inference) records with lens columns (latentmas.engine.lens):
 
 * ``latent_health.{csv,md}`` — one row per latent_mas cell: samples, traced samples, share of samples with any flagged
-  step (non-finite, norm outside :data:`latentmas.engine.lens.SANE`, near-uniform lens), mean norm ratio
+  step (non-finite, norm outside :data:`latentmas.engine.lens.SANE`, near-uniform lens, collapse to the
+  end-of-turn token), the share with a collapse flag alone, mean norm ratio
   ‖map(h)‖/‖h‖, mean lens entropy (nats and as a share of log(vocab)), mean final drift, accuracy of flagged vs
   unflagged samples;
 * ``latent_lens.{png,svg}`` — per latent cell, ‖h‖ and lens entropy per agent and step (mean over samples).
@@ -20,7 +21,7 @@ from typing import Any
 
 from latentmas.records import atomic_path, iter_records
 
-CELL_KEYS = ("model", "task", "method", "arch", "latent_steps", "realign", "memory", "seed")
+CELL_KEYS = ("model", "task", "method", "arch", "latent_steps", "realign", "memory", "control", "seed")
 TABLE_FILES = ("latent_health.csv", "latent_health.md")
 FIGURE_FILES = ("latent_lens.png", "latent_lens.svg")
 
@@ -45,6 +46,7 @@ def cell_health(records: list[dict]) -> list[dict[str, Any]]:
     for key, recs in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         traced = [r for r in recs if _lenses(r)]
         flagged = [r for r in traced if any(col["flags"] for _, col in _lenses(r))]
+        collapsed = [r for r in traced if any(f["kind"] == "collapse" for _, col in _lenses(r) for f in col["flags"])]
         cols = [col for r in traced for _, col in _lenses(r)]
         ratio = _mean([x for c in cols for x in c["ratio"]])
         ent = _mean([x for c in cols for x in c["entropy"]])
@@ -53,6 +55,7 @@ def cell_health(records: list[dict]) -> list[dict[str, Any]]:
         unflagged = [r for r in traced if r not in flagged]
         rows.append({**dict(zip(CELL_KEYS, key)), "n": len(recs), "n_traced": len(traced),
                      "share_flagged": len(flagged) / len(traced) if traced else None,
+                     "share_collapsed": len(collapsed) / len(traced) if traced else None,
                      "mean_norm_ratio": ratio, "mean_lens_entropy": ent, "mean_lens_entropy_frac": ent_frac,
                      "mean_final_drift": drift,
                      "acc_flagged": _mean([float(bool(r.get("correct"))) for r in flagged]) if flagged else None,
@@ -61,7 +64,7 @@ def cell_health(records: list[dict]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["model", "task", "setting", "seed", "traced", "flagged", "‖map(h)‖/‖h‖", "lens entropy (nats)",
+    head = ["model", "task", "setting", "seed", "traced", "flagged", "collapsed to end of turn", "‖map(h)‖/‖h‖", "lens entropy (nats)",
             "entropy / log V", "final drift"]
 
     def f(x, pct=False):
@@ -70,8 +73,10 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         setting = f"{r['arch']} k{r['latent_steps']} {'realign' if r['realign'] else 'no-realign'} mem={r['memory']}"
+        setting += f" {r['control']}" if r.get("control") else ""
         lines.append("| " + " | ".join([str(r["model"]), str(r["task"]), setting, str(r["seed"]),
                                         f"{r['n_traced']}/{r['n']}", f(r["share_flagged"], True),
+                                        f(r.get("share_collapsed"), True),
                                         f(r["mean_norm_ratio"]), f(r["mean_lens_entropy"]),
                                         f(r["mean_lens_entropy_frac"]), f(r["mean_final_drift"])]) + " |")
     if not rows:
@@ -83,7 +88,7 @@ def write_tables(rows: list[dict], out_dir: str | Path) -> None:
     import polars as pl
 
     out = Path(out_dir)
-    schema = {k: pl.Utf8 for k in ("model", "task", "method", "arch", "memory")}
+    schema = {k: pl.Utf8 for k in ("model", "task", "method", "arch", "memory", "control")}
     df = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame(schema=schema)
     with atomic_path(out / "latent_health.csv") as tmp:
         df.write_csv(tmp)
