@@ -379,3 +379,19 @@ def test_controls_on_other_methods_are_refused(tiny_model_dir, tmp_path, capsys)
                    "--no-transfer", "--n", "1", "--out", str(tmp_path / "x.jsonl")])
     assert rc == 2
     assert "no_transfer" in capsys.readouterr().err
+
+
+def test_controls_on_the_vllm_backend_are_refused_by_the_config():
+    """A control cell on a `backend: vllm` model is a config error naming the model and the controls (the vLLM
+    prefix rebuilds the full hand-off and would silently drop the control); the same grid without controls, or on
+    hf, is valid. Catches: the refusal only at run time, after other jobs already ran."""
+    import pytest
+
+    from latentmas.pipeline.experiment import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _grid(backend="vllm", latent={"steps": [2], "realign": [True], "memory": ["all"]},
+                controls=["no_transfer", "single_matched"])
+    assert "config.models.m.backend: vllm cannot run the controls ['no_transfer', 'single_matched']" in str(err.value)
+    _grid(backend="vllm", latent={"steps": [2], "realign": [True], "memory": ["all"]}, controls=[])
+    _grid(backend="hf", latent={"steps": [2], "realign": [True], "memory": ["all"]}, controls=["no_transfer"])

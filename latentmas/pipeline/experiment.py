@@ -144,13 +144,22 @@ def backend_of(cfg: dict, model: str) -> str:
 
 
 def vllm_errors(cfg: dict) -> list:
-    """latent_mas on vLLM is equivalent to the HF hand-off only with memory: all (docs/ENGINE.md)."""
+    """latent_mas on vLLM is equivalent to the HF hand-off only with memory: all and without controls (the vLLM
+    prefix rebuilds the full hand-off; docs/ENGINE.md, docs/CONTROLS.md): refused here, before any job starts."""
     bad: dict[str, set] = {}
+    controls: dict[str, set] = {}
     for c in expand_cells(cfg).values():
-        if c["method"] == "latent_mas" and c["memory"] != "all" and backend_of(cfg, c["model"]) == "vllm":
+        if c["method"] != "latent_mas" or backend_of(cfg, c["model"]) != "vllm":
+            continue
+        if c["memory"] != "all":
             bad.setdefault(c["model"], set()).add(c["memory"])
-    return [f"config.models.{m}.backend: vllm cannot run latent_mas with memory {sorted(mem)} (not equivalent to "
-            f"the HF hand-off; only memory: all); use backend: hf for this model" for m, mem in sorted(bad.items())]
+        if c["control"]:
+            controls.setdefault(c["model"], set()).add(c["control"])
+    return ([f"config.models.{m}.backend: vllm cannot run latent_mas with memory {sorted(mem)} (not equivalent to "
+             f"the HF hand-off; only memory: all); use backend: hf for this model" for m, mem in sorted(bad.items())]
+            + [f"config.models.{m}.backend: vllm cannot run the controls {sorted(names)} (they change what the final "
+               f"agent inherits; the vLLM prefix rebuilds the full hand-off); set controls: [] or use backend: hf "
+               f"for this model" for m, names in sorted(controls.items())])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
