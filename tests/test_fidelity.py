@@ -78,6 +78,23 @@ def test_run_defaults_are_the_config_defaults():
     assert "--no-greedy" in args and "--top-k" not in args
 
 
+def test_vllm_layout_defaults_are_one_set():
+    """`latentmas run --vllm-*` defaults = the config's `vllm` block = VLLMOptions' fields. Catches: a default
+    changed in one of the three places (a hand-run vLLM shard laid out differently from the pipeline's)."""
+    import dataclasses
+
+    from latentmas.engine.backends.vllm import VLLMOptions
+
+    ns = build_parser().parse_args(["--model", "m", "--task", "gsm8k", "--method", "baseline", "--out", "o"])
+    cfg = experiment.validate_config({"models": {"m": {"spec": "tiny:llama"}}, "tasks": {"gsm8k": {}},
+                                      "methods": ["baseline"]})
+    schema = defaults.vllm_defaults()
+    assert {k: getattr(ns, f"vllm_{k}") for k in schema} == schema == {**schema, **cfg["vllm"]}
+    fields = {f.name: f.default for f in dataclasses.fields(VLLMOptions)}
+    fields["prefix_caching"] = fields.pop("enable_prefix_caching")
+    assert fields == schema
+
+
 # ------------------------------------------------------------------------------------------------------- 2. sampling
 
 

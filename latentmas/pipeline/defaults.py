@@ -46,3 +46,10 @@ def run_defaults() -> dict:
                memory=LATENT_DEFAULTS["memory"][0], ridge_lambda=RIDGE_LAMBDA, arch=ARCH, seed=SEED,
                prompt_style=PROMPT_STYLE)
     return out
+
+
+def vllm_defaults() -> dict:
+    """``vllm.*`` layout defaults exactly as the config schema states them (``latentmas run --vllm-*`` uses these;
+    ``VLLMOptions``' own field defaults are checked equal to them by tests/test_fidelity.py)."""
+    props = _schema()["properties"]["vllm"]["properties"]
+    return {k: v["default"] for k, v in props.items()}

@@ -41,7 +41,7 @@ from latentmas.engine.controls import MemoryControl
 from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput
 from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
-from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults
+from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults, vllm_defaults
 from latentmas.records import RecordWriter, repair
 
 log = logging.getLogger(__name__)
@@ -463,16 +463,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_vllm_options(ap: argparse.ArgumentParser) -> None:
-    """Layout of the vLLM engine (--backend vllm only; placement, so not part of the config hash)."""
+    """Layout of the vLLM engine (--backend vllm only; placement, so not part of the config hash). Defaults: the
+    config schema's ``vllm`` block (one source, :func:`latentmas.pipeline.defaults.vllm_defaults`)."""
+    d = vllm_defaults()
     g = ap.add_argument_group("vLLM layout (--backend vllm)")
-    g.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.5,
+    g.add_argument("--vllm-gpu-memory-utilization", type=float, default=d["gpu_memory_utilization"],
                    help="share of the GPU vLLM may take; leave room for the HF model when they share one GPU")
-    g.add_argument("--vllm-tensor-parallel-size", type=int, default=1)
-    g.add_argument("--vllm-max-model-len", type=int, default=None, help="default: the model's own")
-    g.add_argument("--vllm-cuda-visible-devices", default=None,
+    g.add_argument("--vllm-tensor-parallel-size", type=int, default=d["tensor_parallel_size"])
+    g.add_argument("--vllm-max-model-len", type=int, default=d["max_model_len"], help="default: the model's own")
+    g.add_argument("--vllm-cuda-visible-devices", default=d["cuda_visible_devices"],
                    help="GPUs of the vLLM engine only, e.g. 1 (the HF model then uses --device cuda:0)")
-    g.add_argument("--vllm-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--vllm-cpu-kv-cache-gb", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE on CPU machines")
+    g.add_argument("--vllm-prefix-caching", action=argparse.BooleanOptionalAction, default=d["prefix_caching"])
+    g.add_argument("--vllm-cpu-kv-cache-gb", type=int, default=d["cpu_kv_cache_gb"],
+                   help="VLLM_CPU_KVCACHE_SPACE on CPU machines")
 
 
 def open_backend(args: argparse.Namespace, backoff):
