@@ -71,3 +71,27 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     lat = result["end_to_end"]["latent_mas/sequential"]
     assert lat["kv_bytes_handed_per_sample"] > 0 and lat["latent_steps_per_sample"] == 3 * 2
     assert (out / "bench.md").read_text().startswith("# latentmas bench") and (out / "bench.png").stat().st_size
+    # trace part: none writes nothing, summary something, full at least as much; same latent work in each
+    trace = {r["trace"]: r for r in result["trace"]}
+    assert list(trace) == ["none", "summary", "full"] and trace["none"]["trace_bytes_per_sample"] == 0
+    assert 0 < trace["summary"]["trace_bytes_per_sample"] <= trace["full"]["trace_bytes_per_sample"]
+    assert len({r["latent_steps_per_sample"] for r in trace.values()}) == 1 and trace["none"]["over_none"] == 1.0
+    # dtype part: the CPU's float32 compared with bfloat16 on the same samples (float32 agrees with itself)
+    d = result["dtype"]
+    assert d["dtypes"] == ["float32", "bfloat16"] and [r["variant"] for r in d["end_to_end"]] == ["latent_mas/sequential"]
+    row = d["end_to_end"][0]
+    assert row["float32"]["same_final_text_as_float32"] == 1.0 and 0 <= row["bfloat16"]["same_final_text_as_float32"] <= 1
+    assert set(d["step_costs"]) == {"float32", "bfloat16"} and row["speedup_bfloat16"] > 0
+    md = (out / "bench.md").read_text()
+    assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md
+
+
+def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):
+    """Bad --skip or --backend values: exit 2 with one message naming them, before any model is loaded."""
+    from latentmas.bench.cli import cli_main
+
+    model = str(tiny_model_dir("llama"))
+    assert cli_main([model, "--skip", "steps,warp"]) == 2
+    assert "warp" in capsys.readouterr().err
+    assert cli_main([model, "--backend", "vllm"]) == 2  # nothing to compare with
+    assert "--backend 'vllm'" in capsys.readouterr().err

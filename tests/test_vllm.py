@@ -260,6 +260,26 @@ def test_compare_backends_reports_every_method(tiny_lm, engine):
     assert "latent_mas" in markdown(rows)
 
 
+def test_bench_reports_both_backends(tiny_model_dir, engine, tmp_path):
+    """`latentmas bench --backend hf,vllm` on the session's engine: one row per method with samples/s of both
+    backends on the same samples, identical greedy text on the tiny model, and its Markdown section.
+    Catches: a bench that drops a method, times only one backend, or compares different samples."""
+    from latentmas.bench.cli import parse_args, run_parts
+    from latentmas.bench.report import markdown
+    from latentmas.engine.models import load_model
+
+    model = str(tiny_model_dir("qwen2"))
+    args = parse_args([model, "--quick", "--backend", "hf,vllm", "--skip", "steps,e2e,scaling,dtype,trace",
+                       "--device", "cpu"])
+    lm = load_model(model, device="cpu")
+    result = run_parts(args, lm, {"steps", "e2e", "scaling", "dtype", "trace"}, ["hf", "vllm"], (engine, 0.0))
+    rows = result["backends"]["rows"]
+    assert [r["variant"] for r in rows] == ["baseline", "text_mas/sequential", "latent_mas/sequential"]
+    for r in rows:
+        assert r["n"] == 2 and r["identical_share"] == 1.0 and r["hf_samples_per_s"] > 0 < r["vllm_samples_per_s"]
+    assert "## Backends: HF vs vLLM" in markdown(result)
+
+
 def test_pipeline_runs_a_vllm_cell(tmp_path):
     """config/tests/vllm.yaml end to end through Snakemake: fetch the tiny model and data, infer one latent_mas
     cell with `backend: vllm` (its own engine in the `latentmas run` job), score it. The records name the backend,

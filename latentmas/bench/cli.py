@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
          "scaling_batch_sizes": "1,2", "max_new_tokens": 8, "agent_max_new_tokens": 4, "latent_steps": 2,
          "archs": "sequential"}
@@ -46,7 +47,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--step-batch-sizes", default="1,8")
     ap.add_argument("--step-repeats", type=int, default=10)
     ap.add_argument("--scaling-batch-sizes", default=None, help="default 1,2,4,8 (CPU) or 1,2,4,8,16,32 (GPU)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: steps,e2e,scaling,w_a")
+    ap.add_argument("--scaling-max-new-tokens", type=int, default=None,
+                    help="token limit of every agent in the batch-scaling part (default: the end-to-end limits); "
+                         "samples/s ratios between batch sizes need far fewer tokens than a full answer")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: " + ",".join(PARTS))
+    ap.add_argument("--compare-dtype", default="auto",
+                    help="the dtype the `dtype` part compares the main one with (auto: float32 vs bfloat16 on a CPU, "
+                         "none elsewhere; none: skip)")
+    ap.add_argument("--dtype-methods", default="baseline,latent_mas", help="methods of the `dtype` part")
+    ap.add_argument("--backend", default="hf", help="hf, or hf,vllm: adds HF vs vLLM samples/s per method (vLLM "
+                    "engine started once, after the HF parts on a CPU, before the HF model on a GPU)")
     ap.add_argument("--reference-json", default=None,
                     help="the original implementation's timing, {\"method\", \"samples_per_s\", \"batch_size\"} "
                          "(recipe in docs/BENCH.md); adds over_reference_samples_per_s")
@@ -87,39 +97,78 @@ def _w_a(lm, model_path: str, device: str, repeats: int = 3) -> dict:
             "cached_load_s": spread(loads)}
 
 
+def _backends(args) -> list[str]:
+    backends = [b for b in args.backend.split(",") if b]
+    bad = [b for b in backends if b not in ("hf", "vllm")]
+    if bad or "hf" not in backends:
+        raise ValueError(f"--backend {args.backend!r}: use hf or hf,vllm (vLLM is compared with the HF reference)")
+    if "vllm" in backends:
+        from latentmas.engine.backends.vllm import check_supported
+
+        check_supported(args.model, "latent_mas", "all")  # vLLM missing or model unsupported: before any long part
+    return backends
+
+
+def _other_dtype(args, lm) -> str | None:
+    if args.compare_dtype == "none":
+        return None
+    if args.compare_dtype != "auto":
+        return args.compare_dtype
+    if lm.device.type != "cpu":
+        return None
+    return "float32" if lm.dtype == torch.bfloat16 else "bfloat16"
+
+
+def _vllm_engine(args, dtype):
+    from latentmas.engine.backends.vllm import VLLMOptions, open_engine
+
+    t0 = time.perf_counter()
+    llm = open_engine(args.model, dtype, VLLMOptions(max_model_len=4096), prompt_embeds_on=True,
+                      logprobs_mode="raw_logits")
+    return llm, time.perf_counter() - t0
+
+
 def cli_main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from latentmas.bench import measure, report
-    from latentmas.engine.latent import LatentMapper
-    from latentmas.engine.methods import SampleInput
-    from latentmas.engine.models import ModelLoadError, load_model
-    from latentmas.engine.topology import load_topology
-    from latentmas.eval.tasks import get_task
+    from latentmas.engine.models import ModelLoadError, load_model, resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
-    unknown = skip - {"steps", "e2e", "scaling", "w_a"}
-    if unknown:
-        print(f"latentmas bench: error: unknown --skip part(s) {sorted(unknown)}", file=sys.stderr)
-        return 2
     try:
+        unknown = skip - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown --skip part(s) {sorted(unknown)}; parts: {', '.join(PARTS)}")
+        backends = _backends(args)
+        engine = None
+        if "vllm" in backends and torch.cuda.is_available():  # vLLM spawns its engine before this process uses CUDA
+            engine = _vllm_engine(args, resolve_dtype(args.dtype, torch.device("cuda")))
         lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    except ModelLoadError as exc:
+    except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
+    result = run_parts(args, lm, skip, backends, engine)
+    from latentmas.bench import report
+
+    paths = report.write(result, Path(args.out_dir), args.name)
+    print(report.markdown(result))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
+    """Every part not skipped, in a fixed order, on one loaded model (and one vLLM engine when asked)."""
+    from latentmas.bench import alternatives, measure, report
+    from latentmas.engine.latent import LatentMapper
+    from latentmas.engine.methods import SampleInput
+    from latentmas.engine.models import load_model
+    from latentmas.engine.topology import load_topology
+    from latentmas.eval.tasks import get_task
+
     on_gpu = lm.device.type == "cuda"
     result: dict = {"environment": report.environment(lm, args.model), "settings": {
         k: v for k, v in vars(args).items() if k not in {"model", "out_dir", "name", "reference_json"}}}
-    if "w_a" in skip and args.align_file:
-        from latentmas.engine.alignment import load_or_compute
-
-        al = load_or_compute(lm.model, args.align_file, model_path=args.model)
-    else:
-        wa = _w_a(lm, args.model, str(lm.device))  # also the W_a every latent measurement uses
-        if "w_a" not in skip:
-            result["w_a"] = {k: v for k, v in wa.items() if k != "al"}
-        al = wa["al"]
+    al = _alignment(args, lm, skip, result)
     mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
     if "steps" not in skip:
         result["step_costs"] = measure.step_costs(lm, mapper, _ints(args.contexts), _ints(args.step_batch_sizes),
@@ -127,7 +176,9 @@ def cli_main(argv: list[str]) -> int:
     task = get_task(args.task)
     recs = task.load()[: args.n]
     samples = [SampleInput(r["id"], task.user_prompt(r), task.answer_instruction, i) for i, r in enumerate(recs)]
-    vs = measure.variants(args.methods.split(","), args.archs.split(","))
+    archs = args.archs.split(",")
+    vs = measure.variants(args.methods.split(","), archs)
+    first = [v for v in vs if v.arch in ("single", archs[0])]  # one architecture for the costlier parts
     topologies = {v.arch: load_topology(v.arch) for v in vs}
     settings = {"max_new_tokens": args.max_new_tokens, "agent_max_new_tokens": args.agent_max_new_tokens,
                 "latent_steps": args.latent_steps}
@@ -137,13 +188,42 @@ def cli_main(argv: list[str]) -> int:
                                                   args.repeats, mapper)
     if "scaling" not in skip:
         sizes = _ints(args.scaling_batch_sizes or ("1,2,4,8,16,32" if on_gpu else "1,2,4,8"))
-        scale_vs = [v for v in vs if v.arch in ("single", args.archs.split(",")[0])]
-        result["batch_scaling"] = measure.batch_scaling(run_lm, topologies, samples, scale_vs, settings, sizes,
+        limit = args.scaling_max_new_tokens
+        scale_settings = dict(settings, **({"max_new_tokens": limit, "agent_max_new_tokens": limit} if limit else {}))
+        result["batch_scaling"] = measure.batch_scaling(run_lm, topologies, samples, first, scale_settings, sizes,
                                                         args.repeats, mapper)
+    latent_first = next((v for v in first if v.method == "latent_mas"), None)
+    if "trace" not in skip and latent_first:
+        result["trace"] = alternatives.trace_costs(run_lm, topologies[latent_first.arch], samples, latent_first,
+                                                   settings, args.batch_size, args.repeats, mapper)
+    other = None if "dtype" in skip else _other_dtype(args, lm)
+    if other:
+        lm_b = load_model(args.model, dtype=other, device=str(lm.device))
+        models = {str(lm.dtype).replace("torch.", ""): run_lm,
+                  str(lm_b.dtype).replace("torch.", ""): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
+        mappers = dict(zip(models, (mapper, LatentMapper(al.target_norm, al.w_a, lm_b.device, lm_b.dtype))))
+        dvs = [v for v in first if v.method in args.dtype_methods.split(",")]
+        result["dtype"] = alternatives.dtype_compare(models, mappers, topologies, samples, dvs, settings,
+                                                     args.batch_size, args.repeats, 512, args.step_repeats)
+        del lm_b, models, mappers
+    if "vllm" in backends:
+        llm, start_s = engine or _vllm_engine(args, lm.dtype)
+        result["backends"] = {"engine_start_s": round(start_s, 1), "rows": alternatives.backend_compare(
+            lm, llm, topologies, samples, first, settings, args.batch_size, mapper)}
     if args.reference_json:
         result["reference"] = json.loads(Path(args.reference_json).read_text())
     result["summary"] = report.summarise(result, on_gpu)
-    paths = report.write(result, Path(args.out_dir), args.name)
-    print(report.markdown(result))
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    return result
+
+
+def _alignment(args, lm, skip: set, result: dict):
+    """The W_a every latent measurement uses: the cached file (``--skip w_a --align-file``) or a fresh one whose
+    computation and cached load are the ``w_a`` part."""
+    if "w_a" in skip and args.align_file:
+        from latentmas.engine.alignment import load_or_compute
+
+        return load_or_compute(lm.model, args.align_file, model_path=args.model)
+    wa = _w_a(lm, args.model, str(lm.device))
+    if "w_a" not in skip:
+        result["w_a"] = {k: v for k, v in wa.items() if k != "al"}
+    return wa["al"]

@@ -116,6 +116,7 @@ def markdown(result: dict) -> str:
             sp = r["samples_per_s"]
             lines.append(f"| {r['variant']} | {r['batch_size']} | {sp['median']:.3f} [{sp['min']:.3f}, "
                          f"{sp['max']:.3f}] | {r['peak_mem_mb']} |")
+    lines += _alternatives_markdown(result)
     if result.get("w_a"):
         w = result["w_a"]
         lines += ["", "## W_a", "", f"computed from the weight files in a fresh process: {w['compute_s']} s "
@@ -123,6 +124,41 @@ def markdown(result: dict) -> str:
                   f"cached load {w['cached_load_s']['median']:.3f} s (median of {w['cached_load_s']['n']})"]
     lines += ["", "Settings: `" + json.dumps(result["settings"]) + "`", ""]
     return "\n".join(lines)
+
+
+def _alternatives_markdown(result: dict) -> list[str]:
+    """The trace-level, dtype and backend sections (each only when its part ran)."""
+    lines = []
+    if result.get("trace"):
+        lines += ["", "## Trace level (latent_mas, same samples, interleaved)", "",
+                  "| trace | variant | s/sample | × none | latent steps/sample | trace bytes/sample |", "|---|---|---|---|---|---|"]
+        for r in result["trace"]:
+            lines.append(f"| {r['trace']} | {r['variant']} | {_ms(r['s_per_sample'])} | {r['over_none']:.3f} | "
+                         f"{r['latent_steps_per_sample']:.1f} | {r['trace_bytes_per_sample']:.0f} |")
+    d = result.get("dtype")
+    if d:
+        ref, other = d["dtypes"][0], d["dtypes"][-1]
+        lines += ["", f"## Compute dtype: {ref} vs {other} (same samples, interleaved)", "",
+                  f"| variant | batch | {ref} samples/s | {other} samples/s | {other}/{ref} | same final text as {ref} |",
+                  "|---|---|---|---|---|---|"]
+        for r in d["end_to_end"]:
+            lines.append(f"| {r['variant']} | {r['batch_size']} | {r[ref]['samples_per_s']['median']:.3f} | "
+                         f"{r[other]['samples_per_s']['median']:.3f} | {r['speedup_' + other]:.2f} | "
+                         f"{r[other]['same_final_text_as_' + ref]:.0%} |")
+        lines += ["", "| dtype | context | batch | latent step ms | decode step ms |", "|---|---|---|---|---|"]
+        for name, rows in d["step_costs"].items():
+            lines += [f"| {name} | {r['context']} | {r['batch_size']} | {_ms(r['latent_ms'])} | {_ms(r['decode_ms'])} |"
+                      for r in rows]
+    b = result.get("backends")
+    if b:
+        lines += ["", f"## Backends: HF vs vLLM (same samples; vLLM engine start {b['engine_start_s']} s, excluded)",
+                  "", "| variant | n | HF samples/s | vLLM samples/s | vLLM/HF | identical final text | "
+                  "mean common prefix (tokens) |", "|---|---|---|---|---|---|---|"]
+        for r in b["rows"]:
+            lines.append(f"| {r['variant']} | {r['n']} | {r['hf_samples_per_s']:.3f} | {r['vllm_samples_per_s']:.3f} | "
+                         f"{r['vllm_samples_per_s'] / r['hf_samples_per_s']:.2f} | {r['identical_share']:.0%} | "
+                         f"{r['mean_common_prefix_tokens']:.1f} |")
+    return lines
 
 
 def _plain_ticks(ax, values: list[int]) -> None:

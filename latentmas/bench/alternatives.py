@@ -1,0 +1,111 @@
+"""The same work under another compute dtype, trace level or backend: the rows ``latentmas bench`` needs to choose
+a default (CPU dtype), to show a feature's cost (``trace``) and to compare backends (HF vs vLLM) in one process.
+
+Same rules as :mod:`latentmas.bench.measure`: same samples, device synchronised before every clock read, the
+alternatives interleaved batch by batch in a rotating order after one warm-up each.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from latentmas.bench.measure import PeakMemory, Variant, _method_settings, clock, spread, step_costs
+from latentmas.engine.methods import SampleInput, run_batch
+
+
+def _interleaved(runs: dict, samples: list[SampleInput], batch_size: int, repeats: int) -> dict:
+    """``runs``: name -> fn(batch) -> outputs (``fn.device``: where to synchronise). Per name: wall per repeat, outputs of the first repeat, peak memory."""
+    for fn in runs.values():  # warm-up on one sample
+        fn(samples[:1])
+    names = list(runs)
+    walls = {k: [0.0] * repeats for k in names}
+    outs = {k: {} for k in names}
+    peaks = dict.fromkeys(names, 0.0)
+    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    turn = 0
+    for rep in range(repeats):
+        for batch in batches:
+            for k in names[turn % len(names):] + names[:turn % len(names)]:
+                dev = runs[k].device
+                with PeakMemory(dev) as mem:
+                    t0 = clock(dev)
+                    got = runs[k](batch)
+                    walls[k][rep] += clock(dev) - t0
+                peaks[k] = max(peaks[k], mem.peak_mb)
+                if rep == 0:
+                    outs[k].update({s.sample_id: o for s, o in zip(batch, got)})
+            turn += 1
+    return {"walls": walls, "outs": outs, "peaks": peaks}
+
+
+def _runner(lm, topo, settings, mapper):
+    def fn(batch):
+        return run_batch(lm, topo, batch, settings, mapper)
+
+    fn.device = lm.device
+    return fn
+
+
+def dtype_compare(models: dict, mappers: dict, topologies: dict, samples: list[SampleInput], vs: list[Variant],
+                  settings: dict, batch_size: int, repeats: int, step_context: int, step_repeats: int) -> dict:
+    """The same model in two dtypes (``models``: dtype name -> LoadedModel, the reference first).
+
+    Per variant: samples/s in each dtype and the share of samples whose final text equals the reference dtype's
+    (greedy); per dtype: the step costs at one context length, batch 1 and 8. These are the numbers behind the CPU
+    default dtype (docs/ENGINE.md, "Compute dtype")."""
+    names = list(models)
+    ref = names[0]
+    rows = []
+    for v in vs:
+        runs = {d: _runner(models[d], topologies[v.arch], _method_settings(v, settings), mappers[d]) for d in names}
+        got = _interleaved(runs, samples, batch_size, repeats)
+        n = len(samples)
+        row = {"variant": v.key, "samples": n, "batch_size": batch_size}
+        for d in names:
+            row[d] = {"samples_per_s": spread([n / w for w in got["walls"][d]]), "peak_mem_mb": round(got["peaks"][d], 1),
+                      "same_final_text_as_" + ref: sum(got["outs"][d][s.sample_id].final_text ==
+                                                       got["outs"][ref][s.sample_id].final_text for s in samples) / n}
+        other = names[-1]
+        row["speedup_" + other] = row[other]["samples_per_s"]["median"] / row[ref]["samples_per_s"]["median"]
+        rows.append(row)
+    steps = {d: step_costs(models[d], mappers[d], [step_context], [1, 8], step_repeats) for d in names}
+    return {"dtypes": names, "end_to_end": rows, "step_costs": steps}
+
+
+def trace_costs(lm, topo, samples: list[SampleInput], v: Variant, settings: dict, batch_size: int, repeats: int,
+                mapper, levels=("none", "summary", "full")) -> list[dict]:
+    """latent_mas with each ``trace`` level on the same samples: seconds per sample (what the lens costs per step
+    against ``none``, which adds no work: no observer is built) and the bytes a trace adds to one record."""
+    from latentmas.engine.lens import trace_bytes_per_sample
+
+    base = _method_settings(v, settings)
+    runs = {lvl: _runner(lm, topo, dataclasses.replace(base, trace=lvl), mapper) for lvl in levels}
+    got = _interleaved(runs, samples, batch_size, repeats)
+    n = len(samples)
+    steps = None
+    rows = []
+    for lvl in levels:
+        outs = [got["outs"][lvl][s.sample_id] for s in samples]
+        steps = steps or sum(a["latent_steps"] for o in outs for a in o.agents) / n
+        records = [{"agents": o.agents, **({"question": s.question} if lvl != "none" else {})}
+                   for s, o in zip(samples, outs)]
+        rows.append({"trace": lvl, "variant": v.key, "samples": n, "batch_size": batch_size,
+                     "s_per_sample": spread([w / n for w in got["walls"][lvl]]),
+                     "latent_steps_per_sample": steps, "trace_bytes_per_sample": trace_bytes_per_sample(records)})
+    none = rows[0]["s_per_sample"]["median"]
+    for r in rows:
+        r["over_none"] = r["s_per_sample"]["median"] / none
+    return rows
+
+
+def backend_compare(lm, llm, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
+                    batch_size: int, mapper) -> list[dict]:
+    """HF vs vLLM per method on the same samples (:func:`latentmas.pipeline.compare_backends.compare`: samples/s of
+    each backend, identical final texts, common prefix; vLLM's engine start is excluded)."""
+    from latentmas.pipeline.compare_backends import compare
+
+    out = []
+    for v in vs:
+        rows = compare(lm, llm, {v.method: topologies[v.arch]}, samples, {v.method: _method_settings(v, settings)},
+                       mapper, batch_size)
+        out += [{**r, "variant": v.key} for r in rows]
+    return out
