@@ -172,7 +172,8 @@ def load_model(
 
     ``chat_template``: None = the tokenizer's own (error if it has none); a key of FALLBACK_TEMPLATES; or a jinja
     string. GGUF files are converted to a folder first by ``latentmas fetch-model``, never loaded raw at run time
-    (conversion takes a minute; doing it per job would waste cluster time).
+    (conversion takes a minute; doing it per job would waste cluster time). On a CPU, ``sdpa`` means transformers'
+    SDPA for prompts and :mod:`latentmas.engine.attention` for single-query steps.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,6 +204,10 @@ def load_model(
         )
     model.to(dev)
     model.eval()
+    if attn_implementation == "sdpa" and dev.type == "cpu":  # one-query steps off the CPU flash kernel (attention.py)
+        from latentmas.engine import attention
+
+        model.set_attn_implementation(attention.register())
     return LoadedModel(model=model, tokenizer=tok, path=str(path), name=model_name_of(path), device=dev, dtype=dt)
 
 
