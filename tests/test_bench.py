@@ -61,7 +61,7 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     out = tmp_path / "bench"
     rc = cli_main([str(tiny_model_dir("llama")), "--quick", "--out-dir", str(out), "--device", "cpu",
                    "--contexts", "16", "--step-batch-sizes", "1,2", "--step-repeats", "1", "--n", "2",
-                   "--scaling-batch-sizes", "1,2", "--methods", "text_mas,latent_mas"])
+                   "--scaling-batch-sizes", "1,2", "--methods", "text_mas,latent_mas", "--decode-graphs", "static"])
     assert rc == 0
     result = json.loads((out / "bench.json").read_text())
     env = result["environment"]
@@ -82,8 +82,12 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     row = d["end_to_end"][0]
     assert row["float32"]["same_final_text_as_float32"] == 1.0 and 0 <= row["bfloat16"]["same_final_text_as_float32"] <= 1
     assert set(d["step_costs"]) == {"float32", "bfloat16"} and row["speedup_bfloat16"] > 0
+    # graph part: eager (the reference, always first) vs static on the same samples; static decodes the same text
+    g = result["graph"]
+    assert g["graphs"] == ["eager", "static"] and [r["variant"] for r in g["rows"]] == ["latent_mas/sequential"]
+    assert g["rows"][0]["static"]["same_final_text_as_eager"] == 1.0 and g["rows"][0]["static"]["first_pass_s"] > 0
     md = (out / "bench.md").read_text()
-    assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md
+    assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md and "## Decode graphs" in md
 
 
 def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):
@@ -93,5 +97,7 @@ def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):
     model = str(tiny_model_dir("llama"))
     assert cli_main([model, "--skip", "steps,warp"]) == 2
     assert "warp" in capsys.readouterr().err
+    assert cli_main([model, "--decode-graphs", "static,cudagraph"]) == 2
+    assert "cudagraph" in capsys.readouterr().err
     assert cli_main([model, "--backend", "vllm"]) == 2  # nothing to compare with
     assert "--backend 'vllm'" in capsys.readouterr().err

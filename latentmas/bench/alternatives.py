@@ -8,41 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from latentmas.bench.measure import PeakMemory, Variant, _method_settings, clock, spread, step_costs
-from latentmas.engine.methods import SampleInput, run_batch
-
-
-def _interleaved(runs: dict, samples: list[SampleInput], batch_size: int, repeats: int) -> dict:
-    """``runs``: name -> fn(batch) -> outputs (``fn.device``: where to synchronise). Per name: wall per repeat, outputs of the first repeat, peak memory."""
-    for fn in runs.values():  # warm-up on one sample
-        fn(samples[:1])
-    names = list(runs)
-    walls = {k: [0.0] * repeats for k in names}
-    outs = {k: {} for k in names}
-    peaks = dict.fromkeys(names, 0.0)
-    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    turn = 0
-    for rep in range(repeats):
-        for batch in batches:
-            for k in names[turn % len(names):] + names[:turn % len(names)]:
-                dev = runs[k].device
-                with PeakMemory(dev) as mem:
-                    t0 = clock(dev)
-                    got = runs[k](batch)
-                    walls[k][rep] += clock(dev) - t0
-                peaks[k] = max(peaks[k], mem.peak_mb)
-                if rep == 0:
-                    outs[k].update({s.sample_id: o for s, o in zip(batch, got)})
-            turn += 1
-    return {"walls": walls, "outs": outs, "peaks": peaks}
-
-
-def _runner(lm, topo, settings, mapper):
-    def fn(batch):
-        return run_batch(lm, topo, batch, settings, mapper)
-
-    fn.device = lm.device
-    return fn
+from latentmas.bench.measure import Variant, _method_settings, clock, interleaved, runner, spread, step_costs
+from latentmas.engine.lens import TRACE_LEVELS
+from latentmas.engine.methods import SampleInput
 
 
 def dtype_compare(models: dict, mappers: dict, topologies: dict, samples: list[SampleInput], vs: list[Variant],
@@ -56,8 +24,8 @@ def dtype_compare(models: dict, mappers: dict, topologies: dict, samples: list[S
     ref = names[0]
     rows = []
     for v in vs:
-        runs = {d: _runner(models[d], topologies[v.arch], _method_settings(v, settings), mappers[d]) for d in names}
-        got = _interleaved(runs, samples, batch_size, repeats)
+        runs = {d: runner(models[d], topologies[v.arch], _method_settings(v, settings), mappers[d]) for d in names}
+        got = interleaved(runs, samples, batch_size, repeats)
         n = len(samples)
         row = {"variant": v.key, "samples": n, "batch_size": batch_size}
         for d in names:
@@ -72,14 +40,14 @@ def dtype_compare(models: dict, mappers: dict, topologies: dict, samples: list[S
 
 
 def trace_costs(lm, topo, samples: list[SampleInput], v: Variant, settings: dict, batch_size: int, repeats: int,
-                mapper, levels=("none", "summary", "full")) -> list[dict]:
+                mapper, levels=TRACE_LEVELS) -> list[dict]:
     """latent_mas with each ``trace`` level on the same samples: seconds per sample (what the lens costs per step
     against ``none``, which adds no work: no observer is built) and the bytes a trace adds to one record."""
     from latentmas.engine.lens import trace_bytes_per_sample
 
     base = _method_settings(v, settings)
-    runs = {lvl: _runner(lm, topo, dataclasses.replace(base, trace=lvl), mapper) for lvl in levels}
-    got = _interleaved(runs, samples, batch_size, repeats)
+    runs = {lvl: runner(lm, topo, dataclasses.replace(base, trace=lvl), mapper) for lvl in levels}
+    got = interleaved(runs, samples, batch_size, repeats)
     n = len(samples)
     steps = None
     rows = []
@@ -94,6 +62,32 @@ def trace_costs(lm, topo, samples: list[SampleInput], v: Variant, settings: dict
     none = rows[0]["s_per_sample"]["median"]
     for r in rows:
         r["over_none"] = r["s_per_sample"]["median"] / none
+    return rows
+
+
+def graph_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
+                  batch_size: int, repeats: int, graphs: list[str]) -> list[dict]:
+    """The same model with each decode graph (engine/static_decode.py; ``eager`` first, the reference): samples/s
+    and the share of final texts equal to eager's (greedy). Warm-up is one untimed pass over every batch, since a
+    compiled graph is built per (batch size, cache bucket) shape; that pass's seconds are reported (compile cost)."""
+    rows = []
+    for v in vs:
+        runs = {g: runner(dataclasses.replace(lm, decode_graph=g), topologies[v.arch], _method_settings(v, settings),
+                          mapper) for g in graphs}
+        first = {}
+        for g, fn in runs.items():
+            t0 = clock(lm.device)
+            for i in range(0, len(samples), batch_size):
+                fn(samples[i:i + batch_size])
+            first[g] = round(clock(lm.device) - t0, 2)
+        got = interleaved(runs, samples, batch_size, repeats, warmups={})
+        n, ref = len(samples), graphs[0]
+        row = {"variant": v.key, "samples": n, "batch_size": batch_size}
+        for g in graphs:
+            row[g] = {"samples_per_s": spread([n / w for w in got["walls"][g]]), "first_pass_s": first[g],
+                      "same_final_text_as_" + ref: sum(got["outs"][g][s.sample_id].final_text ==
+                                                       got["outs"][ref][s.sample_id].final_text for s in samples) / n}
+        rows.append(row)
     return rows
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace")
+PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace", "graph")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
          "scaling_batch_sizes": "1,2", "max_new_tokens": 8, "agent_max_new_tokens": 4, "latent_steps": 2,
          "archs": "sequential"}
@@ -55,6 +55,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="the dtype the `dtype` part compares the main one with (auto: float32 vs bfloat16 on a CPU, "
                          "none elsewhere; none: skip)")
     ap.add_argument("--dtype-methods", default="baseline,latent_mas", help="methods of the `dtype` part")
+    ap.add_argument("--decode-graph", default="eager", help="decode graph of every other part (docs/ENGINE.md)")
+    ap.add_argument("--decode-graphs", default="auto",
+                    help="the `graph` part: comma list of eager,static,compiled compared on --graph-methods (auto: "
+                         "all three on a GPU, none elsewhere: compiling on a CPU takes minutes; none: skip)")
+    ap.add_argument("--graph-methods", default="baseline,latent_mas", help="methods of the `graph` part")
     ap.add_argument("--backend", default="hf", help="hf, or hf,vllm: adds HF vs vLLM samples/s per method (vLLM "
                     "engine started once, after the HF parts on a CPU, before the HF model on a GPU)")
     ap.add_argument("--reference-json", default=None,
@@ -119,6 +124,19 @@ def _other_dtype(args, lm) -> str | None:
     return "float32" if lm.dtype == torch.bfloat16 else "bfloat16"
 
 
+def _graphs(args, on_gpu: bool) -> list[str]:
+    """Decode graphs of the `graph` part, eager (the reference) first; [] = skip."""
+    from latentmas.engine.static_decode import DECODE_GRAPHS
+
+    if args.decode_graphs == "none" or (args.decode_graphs == "auto" and not on_gpu):
+        return []
+    asked = list(DECODE_GRAPHS) if args.decode_graphs == "auto" else args.decode_graphs.split(",")
+    bad = [g for g in asked if g not in DECODE_GRAPHS]
+    if bad:
+        raise ValueError(f"--decode-graphs: unknown {bad}; use a comma list of {', '.join(DECODE_GRAPHS)}")
+    return ["eager"] + [g for g in asked if g != "eager"]
+
+
 def _vllm_engine(args, dtype):
     from latentmas.engine.backends.vllm import VLLMOptions, open_engine
 
@@ -140,10 +158,11 @@ def cli_main(argv: list[str]) -> int:
         if unknown:
             raise ValueError(f"unknown --skip part(s) {sorted(unknown)}; parts: {', '.join(PARTS)}")
         backends = _backends(args)
+        _graphs(args, torch.cuda.is_available())  # a bad --decode-graphs fails here, before any long part
         engine = None
         if "vllm" in backends and torch.cuda.is_available():  # vLLM spawns its engine before this process uses CUDA
             engine = _vllm_engine(args, resolve_dtype(args.dtype, torch.device("cuda")))
-        lm = load_model(args.model, dtype=args.dtype, device=args.device)
+        lm = load_model(args.model, dtype=args.dtype, device=args.device, decode_graph=args.decode_graph)
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
@@ -161,7 +180,7 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
     from latentmas.bench import alternatives, measure, report
     from latentmas.engine.latent import LatentMapper
     from latentmas.engine.methods import SampleInput
-    from latentmas.engine.models import load_model
+    from latentmas.engine.models import dtype_name, load_model
     from latentmas.engine.topology import load_topology
     from latentmas.eval.tasks import get_task
 
@@ -199,13 +218,18 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
     other = None if "dtype" in skip else _other_dtype(args, lm)
     if other:
         lm_b = load_model(args.model, dtype=other, device=str(lm.device))
-        models = {str(lm.dtype).replace("torch.", ""): run_lm,
-                  str(lm_b.dtype).replace("torch.", ""): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
+        models = {dtype_name(lm.dtype): run_lm,
+                  dtype_name(lm_b.dtype): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
         mappers = dict(zip(models, (mapper, LatentMapper(al.target_norm, al.w_a, lm_b.device, lm_b.dtype))))
         dvs = [v for v in first if v.method in args.dtype_methods.split(",")]
         result["dtype"] = alternatives.dtype_compare(models, mappers, topologies, samples, dvs, settings,
                                                      args.batch_size, args.repeats, 512, args.step_repeats)
         del lm_b, models, mappers
+    graphs = [] if "graph" in skip else _graphs(args, on_gpu)
+    if len(graphs) > 1:
+        gvs = [v for v in first if v.method in args.graph_methods.split(",")]
+        result["graph"] = {"graphs": graphs, "rows": alternatives.graph_compare(
+            run_lm, mapper, topologies, samples, gvs, settings, args.batch_size, args.repeats, graphs)}
     if "vllm" in backends:
         llm, start_s = engine or _vllm_engine(args, lm.dtype)
         result["backends"] = {"engine_start_s": round(start_s, 1), "rows": alternatives.backend_compare(

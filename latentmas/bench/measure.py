@@ -149,46 +149,65 @@ def _handed_positions(out) -> int:
     return sum(a["input_tokens"] + a["latent_steps"] for a in out.agents[:-1])
 
 
-def end_to_end(lm: LoadedModel, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
-               batch_size: int, repeats: int, mapper) -> dict[str, dict]:
-    """Every variant on the same samples, interleaved batch by batch (order rotated per batch and repeat);
-    per variant: seconds per sample (median and spread over repeats), generated tokens per sample, peak memory,
-    KV bytes handed to the final agent (latent_mas)."""
-    per_pos = kv_bytes_per_position(lm)
-    acc = {v.key: {"wall": [0.0] * repeats, "generated": 0, "latent": 0, "peak_mb": 0.0, "handed": 0} for v in vs}
-    warm = samples[:1]
-    for v in vs:  # warm-up: each variant once on one sample, 2 tokens
-        run_batch(lm, topologies[v.arch], warm, _method_settings(v, settings, warmup=True), mapper)
+def interleaved(runs: dict, samples: list[SampleInput], batch_size: int, repeats: int,
+                warmups: dict | None = None) -> dict:
+    """Competing runs on the same samples, batch by batch, in an order rotated per batch.
+
+    ``runs``: name -> fn(batch) -> outputs, ``fn.device`` telling where to synchronise; ``warmups``: name -> fn run
+    once on one sample first (default: the run itself; ``{}``: none). Returns per name the wall seconds of each repeat, the
+    outputs of the first repeat by sample id, and the peak memory."""
+    for fn in (runs if warmups is None else warmups).values():
+        fn(samples[:1])
+    names = list(runs)
+    walls = {k: [0.0] * repeats for k in names}
+    outs = {k: {} for k in names}
+    peaks = dict.fromkeys(names, 0.0)
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
     turn = 0
     for rep in range(repeats):
         for batch in batches:
-            order = vs[turn % len(vs):] + vs[:turn % len(vs)]
-            turn += 1
-            for v in order:
-                with PeakMemory(lm.device) as mem:
-                    t0 = clock(lm.device)
-                    outs = run_batch(lm, topologies[v.arch], batch, _method_settings(v, settings), mapper)
-                    wall = clock(lm.device) - t0
-                a = acc[v.key]
-                a["wall"][rep] += wall
-                a["peak_mb"] = max(a["peak_mb"], mem.peak_mb)
+            for k in names[turn % len(names):] + names[:turn % len(names)]:
+                dev = runs[k].device
+                with PeakMemory(dev) as mem:
+                    t0 = clock(dev)
+                    got = runs[k](batch)
+                    walls[k][rep] += clock(dev) - t0
+                peaks[k] = max(peaks[k], mem.peak_mb)
                 if rep == 0:
-                    a["generated"] += sum(x["generated_tokens"] for o in outs for x in o.agents)
-                    a["latent"] += sum(x["latent_steps"] for o in outs for x in o.agents)
-                    if v.method == "latent_mas":
-                        a["handed"] += sum(_handed_positions(o) for o in outs)
+                    outs[k].update({s.sample_id: o for s, o in zip(batch, got)})
+            turn += 1
+    return {"walls": walls, "outs": outs, "peaks": peaks}
+
+
+def runner(lm: LoadedModel, topo, settings: MethodSettings, mapper):
+    """One method on one model as an :func:`interleaved` run."""
+    def fn(batch):
+        return run_batch(lm, topo, batch, settings, mapper)
+
+    fn.device = lm.device
+    return fn
+
+
+def end_to_end(lm: LoadedModel, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
+               batch_size: int, repeats: int, mapper) -> dict[str, dict]:
+    """Every variant on the same samples, interleaved batch by batch (order rotated per batch and repeat);
+    per variant: seconds per sample (median and spread over repeats), generated tokens per sample, peak memory,
+    KV bytes handed to the final agent (latent_mas). Warm-up: each variant once on one sample, 2 tokens."""
+    per_pos = kv_bytes_per_position(lm)
+    runs = {v.key: runner(lm, topologies[v.arch], _method_settings(v, settings), mapper) for v in vs}
+    warm = {v.key: runner(lm, topologies[v.arch], _method_settings(v, settings, warmup=True), mapper) for v in vs}
+    got = interleaved(runs, samples, batch_size, repeats, warm)
     n = len(samples)
     result = {}
     for v in vs:
-        a = acc[v.key]
+        outs = list(got["outs"][v.key].values())
+        wall = got["walls"][v.key]
+        handed = sum(_handed_positions(o) for o in outs) / n * per_pos if v.method == "latent_mas" else None
         result[v.key] = {"method": v.method, "arch": v.arch, "samples": n, "batch_size": batch_size,
-                         "s_per_sample": spread([w / n for w in a["wall"]]),
-                         "samples_per_s": spread([n / w for w in a["wall"]]),
-                         "generated_tokens_per_sample": a["generated"] / n, "latent_steps_per_sample": a["latent"] / n,
-                         "peak_mem_mb": round(a["peak_mb"], 1),
-                         "kv_bytes_handed_per_sample": (a["handed"] / n * per_pos) if v.method == "latent_mas"
-                         else None}
+                         "s_per_sample": spread([w / n for w in wall]), "samples_per_s": spread([n / w for w in wall]),
+                         "generated_tokens_per_sample": sum(x["generated_tokens"] for o in outs for x in o.agents) / n,
+                         "latent_steps_per_sample": sum(x["latent_steps"] for o in outs for x in o.agents) / n,
+                         "peak_mem_mb": round(got["peaks"][v.key], 1), "kv_bytes_handed_per_sample": handed}
     return result
 
 

@@ -22,6 +22,8 @@ TARGETS = {"latent_step_over_decode_step": ("<=", 0.9), "text_over_latent_end_to
 def environment(lm, model_path: str) -> dict:
     import transformers
 
+    from latentmas.engine.models import dtype_name
+
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
@@ -32,7 +34,7 @@ def environment(lm, model_path: str) -> dict:
     dev = lm.device
     return {"model": lm.name, "model_path": str(model_path), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or
-            platform.machine(), "dtype": str(lm.dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+            platform.machine(), "dtype": dtype_name(lm.dtype), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "git_commit": (commit + "-dirty") if commit and dirty else commit}
 
@@ -127,7 +129,7 @@ def markdown(result: dict) -> str:
 
 
 def _alternatives_markdown(result: dict) -> list[str]:
-    """The trace-level, dtype and backend sections (each only when its part ran)."""
+    """The trace-level, dtype, decode-graph and backend sections (each only when its part ran)."""
     lines = []
     if result.get("trace"):
         lines += ["", "## Trace level (latent_mas, same samples, interleaved)", "",
@@ -149,6 +151,17 @@ def _alternatives_markdown(result: dict) -> list[str]:
         for name, rows in d["step_costs"].items():
             lines += [f"| {name} | {r['context']} | {r['batch_size']} | {_ms(r['latent_ms'])} | {_ms(r['decode_ms'])} |"
                       for r in rows]
+    g = result.get("graph")
+    if g:
+        ref = g["graphs"][0]
+        lines += ["", "## Decode graphs (same samples, interleaved; first pass = compile + warm-up, untimed)", "",
+                  "| variant | batch | graph | samples/s | × eager | first pass s | same final text as eager |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in g["rows"]:
+            base = r[ref]["samples_per_s"]["median"]
+            lines += [f"| {r['variant']} | {r['batch_size']} | {name} | {_ms(r[name]['samples_per_s'])} | "
+                      f"{r[name]['samples_per_s']['median'] / base:.2f} | {r[name]['first_pass_s']} | "
+                      f"{r[name]['same_final_text_as_' + ref]:.0%} |" for name in g["graphs"]]
     b = result.get("backends")
     if b:
         lines += ["", f"## Backends: HF vs vLLM (same samples; vLLM engine start {b['engine_start_s']} s, excluded)",

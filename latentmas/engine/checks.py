@@ -23,7 +23,7 @@ import torch
 
 from latentmas.engine.kv import SequenceBatch, _cache_kwarg, extend, left_pad
 from latentmas.engine.latent import LatentMapper
-from latentmas.engine.models import LoadedModel, encode, render_chat
+from latentmas.engine.models import LoadedModel, dtype_name, encode, render_chat
 
 PROMPTS_A = [
     "Natalia sold clips to 48 friends in April, and half as many in May. How many clips did she sell?",
@@ -187,7 +187,7 @@ def cli_main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
-        dtype = str(lm.dtype).replace("torch.", "")
+        dtype = dtype_name(lm.dtype)
         print(f"check-model {args.model} ({dtype}, {lm.device}, {torch.get_num_threads()} threads, "
               f"{args.steps} latent steps)")
         for r in results:

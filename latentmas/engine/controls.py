@@ -156,5 +156,6 @@ def run_single_matched(lm, prompts: list[list[int]], budget: int, mapper, settin
     hidden = extend(lm.model, batch, mask, input_ids=ids, want="hidden", agent=name, kind="prompt")
     _, trace = latent_rollout(lm.model, batch, hidden, budget, mapper, name, alive)
     logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
-    res = decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive)
+    res = decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive,
+                 graph=lm.decode_graph)
     return res, trace, (time.perf_counter() - t0) / len(prompts)

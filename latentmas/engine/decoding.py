@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from latentmas.engine.kv import SequenceBatch, extend
+from latentmas.engine.static_decode import DECODE_GRAPHS, StaticDecodeStep, static_capable
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,13 @@ def _presence(ids: torch.Tensor | None, mask: torch.Tensor | None, bsz: int, voc
 def decode(model, batch: SequenceBatch, first_logits: torch.Tensor, settings: DecodeSettings, eos_ids: list[int],
            pad_id: int, agent: str, generators: list[torch.Generator] | None = None,
            active: torch.Tensor | None = None, context_ids: torch.Tensor | None = None,
-           context_mask: torch.Tensor | None = None) -> DecodeResult:
+           context_mask: torch.Tensor | None = None, graph: str = "eager") -> DecodeResult:
     """Decode up to ``max_new_tokens`` per sample. ``context_ids``/``context_mask`` ([B, S]): the ids the repetition
     penalty counts besides the generated ones — the agent's own (templated) prompt, as ``generate`` would see it;
-    positions inherited through a latent cache have no token ids and are not counted."""
+    positions inherited through a latent cache have no token ids and are not counted. ``graph``: ``eager`` (the
+    exact reference: one growing cache), ``static`` or ``compiled`` (fixed shapes, :mod:`.static_decode`)."""
+    if graph not in DECODE_GRAPHS:
+        raise ValueError(f"unknown decode graph {graph!r}; use one of {', '.join(DECODE_GRAPHS)}")
     bsz, vocab = first_logits.shape
     device = first_logits.device
     steps = settings.max_new_tokens
@@ -142,6 +146,8 @@ def decode(model, batch: SequenceBatch, first_logits: torch.Tensor, settings: De
     uniforms = None if settings.greedy else draw_uniforms(generators, steps, device)
     penalise = settings.repetition_penalty != 1.0
     seen = _presence(context_ids, context_mask, bsz, vocab, device) if penalise else None
+    fixed = (StaticDecodeStep(model, batch, steps, graph == "compiled", agent)
+             if graph != "eager" and steps > 1 and static_capable(batch) else None)
     logits = first_logits
     for step in range(steps):
         finite = torch.isfinite(logits).all(dim=-1)
@@ -160,7 +166,8 @@ def decode(model, batch: SequenceBatch, first_logits: torch.Tensor, settings: De
         if step == steps - 1 or bool(done.all()):  # the step's one host sync
             break
         feed = torch.where(done, torch.full_like(nxt, pad_id), nxt)[:, None]
-        logits = extend(model, batch, (~done).long()[:, None], input_ids=feed, want="logits", agent=agent, kind="text")
+        logits = (fixed(feed, ~done) if fixed is not None else
+                  extend(model, batch, (~done).long()[:, None], input_ids=feed, want="logits", agent=agent, kind="text"))
     # tokens of a sample are a prefix of its row: once done it never emits again
     lengths, rows, first_bad = n_out.tolist(), out.tolist(), nonfinite.tolist()
     return DecodeResult(tokens=[r[:n] for r, n in zip(rows, lengths)],

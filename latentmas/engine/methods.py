@@ -80,7 +80,7 @@ def _decode_agent(lm: LoadedModel, batch: SequenceBatch, prompts: list[list[int]
     ids, mask = left_pad(prompts, lm.pad_token_id, lm.device)
     logits = extend(lm.model, batch, mask, input_ids=ids, want="logits", agent=name, kind="prompt")
     return decode(lm.model, batch, logits, settings, lm.eos_token_ids, lm.pad_token_id, name, gens, active=alive,
-                  context_ids=ids, context_mask=mask)
+                  context_ids=ids, context_mask=mask, graph=lm.decode_graph)
 
 
 def _synced_clock(device: torch.device) -> float:

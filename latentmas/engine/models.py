@@ -91,6 +91,7 @@ class LoadedModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    decode_graph: str = "eager"  # engine/static_decode.py DECODE_GRAPHS: how text decode steps run
 
     @property
     def decoder(self):
@@ -145,6 +146,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``: the spelling configs, records and bench rows use."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _is_local_model_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
 
@@ -167,14 +173,20 @@ def load_model(
     chat_template: str | None = None,
     attn_implementation: str | None = "sdpa",
     require_chat_template: bool = True,
+    decode_graph: str = "eager",
 ) -> LoadedModel:
     """Load a model folder (or a Hub id, online) in eval mode.
 
     ``chat_template``: None = the tokenizer's own (error if it has none); a key of FALLBACK_TEMPLATES; or a jinja
     string. GGUF files are converted to a folder first by ``latentmas fetch-model``, never loaded raw at run time
     (conversion takes a minute; doing it per job would waste cluster time). On a CPU, ``sdpa`` means transformers'
-    SDPA for prompts and :mod:`latentmas.engine.attention` for single-query steps.
+    SDPA for prompts and :mod:`latentmas.engine.attention` for single-query steps. ``decode_graph``: eager (the exact
+    reference loop), static or compiled (``torch.compile``; CUDA graphs on a GPU): docs/ENGINE.md, "Decode graphs".
     """
+    from latentmas.engine.static_decode import DECODE_GRAPHS
+
+    if decode_graph not in DECODE_GRAPHS:
+        raise ModelLoadError(f"unknown decode graph {decode_graph!r}; use one of {', '.join(DECODE_GRAPHS)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path)
@@ -208,7 +220,8 @@ def load_model(
         from latentmas.engine import attention
 
         model.set_attn_implementation(attention.register())
-    return LoadedModel(model=model, tokenizer=tok, path=str(path), name=model_name_of(path), device=dev, dtype=dt)
+    return LoadedModel(model=model, tokenizer=tok, path=str(path), name=model_name_of(path), device=dev, dtype=dt,
+                       decode_graph=decode_graph)
 
 
 def render_chat(tok, messages: list[dict[str, str]], think: bool | str | None = None) -> str:

@@ -145,7 +145,8 @@ def backend_of(cfg: dict, model: str) -> str:
 
 def vllm_errors(cfg: dict) -> list:
     """latent_mas on vLLM is equivalent to the HF hand-off only with memory: all and without controls (the vLLM
-    prefix rebuilds the full hand-off; docs/ENGINE.md, docs/CONTROLS.md): refused here, before any job starts."""
+    prefix rebuilds the full hand-off; docs/ENGINE.md, docs/CONTROLS.md), and ``decode_graph`` is an HF-loop option:
+    refused here, before any job starts."""
     bad: dict[str, set] = {}
     controls: dict[str, set] = {}
     for c in expand_cells(cfg).values():
@@ -155,7 +156,11 @@ def vllm_errors(cfg: dict) -> list:
             bad.setdefault(c["model"], set()).add(c["memory"])
         if c["control"]:
             controls.setdefault(c["model"], set()).add(c["control"])
-    return ([f"config.models.{m}.backend: vllm cannot run latent_mas with memory {sorted(mem)} (not equivalent to "
+    graphs = [m for m, spec in sorted(cfg["models"].items())
+              if backend_of(cfg, m) == "vllm" and spec.get("decode_graph", "eager") != "eager"]
+    return ([f"config.models.{m}.decode_graph: {cfg['models'][m]['decode_graph']} is an HF-backend option; vLLM "
+             f"runs its own graphs (CUDA graphs on a GPU): remove it or use backend: hf" for m in graphs]
+            + [f"config.models.{m}.backend: vllm cannot run latent_mas with memory {sorted(mem)} (not equivalent to "
              f"the HF hand-off; only memory: all); use backend: hf for this model" for m, mem in sorted(bad.items())]
             + [f"config.models.{m}.backend: vllm cannot run the controls {sorted(names)} (they change what the final "
                f"agent inherits; the vLLM prefix rebuilds the full hand-off); set controls: [] or use backend: hf "
@@ -304,6 +309,8 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
     if cell["method"] == "text_mas" and dec["agent_max_new_tokens"] is not None:
         s["agent_max_new_tokens"] = dec["agent_max_new_tokens"]
     s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg["trace"])
+    if m.get("decode_graph", "eager") != "eager":  # absent when eager: existing jobs' params stay unchanged
+        s["decode_graph"] = m["decode_graph"]
     if backend_of(cfg, cell["model"]) == "vllm":  # absent for hf: hf jobs' params are unchanged by this option
         s["backend"] = "vllm"
         s.update({f"vllm_{k}": v for k, v in cfg["vllm"].items() if v is not None})
@@ -327,7 +334,8 @@ RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent
                "top_k": "--top-k", "min_p": "--min-p", "repetition_penalty": "--repetition-penalty",
                "prompt_style": "--prompt-style", "chat_template": "--chat-template",
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
-               "think": "--think", "dtype": "--dtype", "device": "--device", "trace": "--trace", "mapper": "--mapper",
+               "think": "--think", "dtype": "--dtype", "device": "--device", "decode_graph": "--decode-graph",
+               "trace": "--trace", "mapper": "--mapper",
                "keep_fraction": "--keep-fraction", "keep_rule": "--keep-rule", "memory_scope": "--memory-scope",
                "realign": None, "greedy": None, "no_transfer": None, "single_matched": None,
                "backend": "--backend", "vllm_gpu_memory_utilization": "--vllm-gpu-memory-utilization",

@@ -40,6 +40,7 @@ from latentmas.contracts import KEEP_RULES, MAPPERS, MEMORY_POLICIES, MEMORY_SCO
 from latentmas.engine.controls import MemoryControl
 from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput
 from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
+from latentmas.engine.static_decode import DECODE_GRAPHS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults, vllm_defaults
 from latentmas.records import RecordWriter, repair
@@ -82,6 +83,7 @@ class CellSpec:
     n: int | None
     control: str | None = None  # docs/CONTROLS.md; left out of the hash when None, so older cells keep their hash
     backend: str = "hf"
+    decode_graph: str = "eager"  # static/compiled decode steps: equal to eager up to kernel reduction order
 
     def config_hash(self) -> str:
         fields = asdict(self)
@@ -89,6 +91,8 @@ class CellSpec:
             del fields["control"]
         if fields["backend"] == "hf":  # the reference backend hashes as before the option existed: old shards resume
             del fields["backend"]
+        if fields["decode_graph"] == "eager":  # likewise the reference decode loop
+            del fields["decode_graph"]
         blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -199,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chat-template", default=None, help="fallback template name or jinja for template-less models")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto", help="device of the HF model (latent_mas agents on any backend)")
+    ap.add_argument("--decode-graph", default="eager", choices=DECODE_GRAPHS,
+                    help="HF text decode steps: eager (the exact reference), static (preallocated cache, fixed "
+                         "shapes) or compiled (static + torch.compile; CUDA graphs on a GPU): docs/ENGINE.md")
     ap.add_argument("--backend", default="hf", choices=BACKENDS,
                     help="hf = our transformers loop (the reference); vllm = vLLM decodes (docs/ENGINE.md)")
     add_vllm_options(ap)
@@ -336,6 +343,7 @@ def _cell_spec(args: argparse.Namespace, task, topo, mapper_kind: str, control: 
         dtype=args.dtype, ridge_lambda=args.ridge_lambda if uses_w_a else None,
         prompt_version=task.prompt_id(args.prompt_style), chat_template=args.chat_template,
         topology_digest=topo.digest, n=args.n, control=control, backend=args.backend,
+        decode_graph=args.decode_graph if args.backend == "hf" else "eager",
     )
 
 
@@ -484,7 +492,8 @@ def open_backend(args: argparse.Namespace, backoff):
         from latentmas.engine.backends.hf import HFBackend
         from latentmas.engine.models import load_model
 
-        lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+        lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template,
+                        decode_graph=args.decode_graph)
         return HFBackend(lm, args.batch_size, backoff)
     from latentmas.engine.backends import vllm as vb
 
