@@ -26,7 +26,7 @@ def _constructed():
                                 ("latent_mas/sequential", (0.5, 1.5)))
                for b, r in zip((1, 8), rates)]
     return {"step_costs": steps, "end_to_end": e2e, "batch_scaling": scaling,
-            "w_a": {"cached_load_s": _sp(0.2)}}
+            "w_a": {"cached_load_s": _sp(0.2)}, "environment": {"dtype": "bfloat16"}}
 
 
 def test_summary_names_values_and_targets():
@@ -51,6 +51,18 @@ def test_reference_ratio_only_when_timed():
     r = _constructed()
     r["reference"] = {"method": "latent_mas", "arch": "sequential", "samples_per_s": 0.25, "batch_size": 4}
     assert summarise(r, on_gpu=False)["over_reference_samples_per_s"] == {"value": 2.5, "target": 2.0, "met": True}
+    # rows timed beside the original in one process: its best batch size in this run's dtype, our in-process number
+    dt = r["environment"]["dtype"]
+    r["reference"] = [
+        {"method": "latent_mas", "dtype": dt, "batch_size": 1, "samples_per_s": 0.05,
+         "latentmas_samples_per_s": {"median": 0.2}},
+        {"method": "latent_mas", "dtype": dt, "batch_size": 8, "samples_per_s": 0.1,
+         "latentmas_samples_per_s": {"median": 0.15}},
+        {"method": "latent_mas", "dtype": "other", "batch_size": 8, "samples_per_s": 1.0,
+         "latentmas_samples_per_s": {"median": 0.1}},
+        {"method": "baseline", "dtype": dt, "batch_size": 8, "samples_per_s": 9.0,
+         "latentmas_samples_per_s": {"median": 0.1}}]
+    assert summarise(r, on_gpu=False)["over_reference_samples_per_s"] == {"value": 1.5, "target": 2.0, "met": False}
 
 
 def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):

@@ -75,13 +75,30 @@ def summarise(result: dict, on_gpu: bool) -> dict:
     w_a = result.get("w_a") or {}
     if w_a.get("cached_load_s"):
         s["w_a_cached_load_s"] = _entry("w_a_cached_load_s", w_a["cached_load_s"]["median"])
-    ref = result.get("reference")
-    if ref and lat:
-        ours = e2e.get(f"{ref['method']}/{ref.get('arch', arch)}", e2e.get(ref["method"]))
-        if ours:
-            s["over_reference_samples_per_s"] = _entry("over_reference_samples_per_s",
-                                                       ours["samples_per_s"]["median"] / ref["samples_per_s"])
+    ratio = _over_reference(result.get("reference"), e2e, arch, result["environment"]["dtype"])
+    if ratio is not None:
+        s["over_reference_samples_per_s"] = _entry("over_reference_samples_per_s", ratio)
     return s
+
+
+def reference_rows(ref) -> list[dict]:
+    """``--reference-json``: one timing of the original or a list of them (docs/BENCH.md)."""
+    return [] if not ref else list(ref) if isinstance(ref, list) else [ref]
+
+
+def _over_reference(ref, e2e: dict, arch: str | None, dtype: str) -> float | None:
+    """Ours / the original's samples/s for latent_mas. Rows measured beside the original in one process carry our
+    samples/s too (``latentmas_samples_per_s``) and are preferred; of those in this run's dtype, the one at the
+    original's best samples/s (its best batch size) counts. A row without ours is compared with this run's
+    end-to-end row of the same method (same batch size and --ignore-eos are then the user's job)."""
+    rows = [r for r in reference_rows(ref) if r.get("method") == "latent_mas" and r.get("dtype", dtype) == dtype]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["samples_per_s"])
+    if "latentmas_samples_per_s" in best:
+        return best["latentmas_samples_per_s"]["median"] / best["samples_per_s"]
+    ours = e2e.get(f"latent_mas/{best.get('arch', arch)}")
+    return ours["samples_per_s"]["median"] / best["samples_per_s"] if ours else None
 
 
 def _ms(d: dict) -> str:
@@ -129,7 +146,7 @@ def markdown(result: dict) -> str:
 
 
 def _alternatives_markdown(result: dict) -> list[str]:
-    """The trace-level, dtype, decode-graph and backend sections (each only when its part ran)."""
+    """The trace-level, dtype, decode-graph, reference and backend sections (each only when its part ran)."""
     lines = []
     if result.get("trace"):
         lines += ["", "## Trace level (latent_mas, same samples, interleaved)", "",
@@ -162,6 +179,16 @@ def _alternatives_markdown(result: dict) -> list[str]:
             lines += [f"| {r['variant']} | {r['batch_size']} | {name} | {_ms(r[name]['samples_per_s'])} | "
                       f"{r[name]['samples_per_s']['median'] / base:.2f} | {r[name]['first_pass_s']} | "
                       f"{r[name]['same_final_text_as_' + ref]:.0%} |" for name in g["graphs"]]
+    rows = reference_rows(result.get("reference"))
+    if rows:
+        lines += ["", "## Versus the original LatentMAS (its HF path, same model and samples, EOS ignored; docs/BENCH.md)",
+                  "", "| method | dtype | batch | n | tokens/agent | original samples/s | ours samples/s | ours/original |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            ours = r.get("latentmas_samples_per_s", {}).get("median")
+            lines.append(f"| {r['method']} | {r.get('dtype', '')} | {r['batch_size']} | {r.get('samples', '')} | "
+                         f"{r.get('tokens_per_agent', '')} | {r['samples_per_s']:.4f} | "
+                         + (f"{ours:.4f} | {ours / r['samples_per_s']:.2f} |" if ours else "| |"))
     b = result.get("backends")
     if b:
         lines += ["", f"## Backends: HF vs vLLM (same samples; vLLM engine start {b['engine_start_s']} s, excluded)",
