@@ -101,6 +101,10 @@ def _over_reference(ref, e2e: dict, arch: str | None, dtype: str) -> float | Non
     return ours["samples_per_s"]["median"] / best["samples_per_s"] if ours else None
 
 
+def _rate(d: dict) -> str:
+    return f"{d['median']:.3f} [{d['min']:.3f}, {d['max']:.3f}]"
+
+
 def _ms(d: dict) -> str:
     return f"{d['median']:.1f} [{d['min']:.1f}, {d['max']:.1f}]"
 
@@ -176,7 +180,7 @@ def _alternatives_markdown(result: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|"]
         for r in g["rows"]:
             base = r[ref]["samples_per_s"]["median"]
-            lines += [f"| {r['variant']} | {r['batch_size']} | {name} | {_ms(r[name]['samples_per_s'])} | "
+            lines += [f"| {r['variant']} | {r['batch_size']} | {name} | {_rate(r[name]['samples_per_s'])} | "
                       f"{r[name]['samples_per_s']['median'] / base:.2f} | {r[name]['first_pass_s']} | "
                       f"{r[name]['same_final_text_as_' + ref]:.0%} |" for name in g["graphs"]]
     rows = reference_rows(result.get("reference"))
