@@ -37,6 +37,15 @@ def test_matches_sdpa_with_grouped_heads_and_padding(dtype, tol):
     assert torch.allclose(got.float(), _reference(q, k, v, mask, 0.31), atol=tol, rtol=tol)
 
 
+def test_value_heads_narrower_than_query_heads():
+    """DeepSeek-style heads (value width != query width): the output takes the value width."""
+    q, k = torch.randn(2, 4, 1, 24), torch.randn(2, 2, 9, 24)
+    v = torch.randn(2, 2, 9, 16)
+    got, _ = single_query_attention(types.SimpleNamespace(training=False), q, k, v, None, scaling=0.2)
+    assert got.shape == (2, 1, 4, 16)
+    assert torch.allclose(got, _reference(q, k, v, None, 0.2), atol=1e-5)
+
+
 def test_prompts_keep_sdpa():
     """Many queries (a prompt) go to transformers' SDPA unchanged."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

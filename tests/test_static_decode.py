@@ -135,3 +135,5 @@ def test_runner_records_the_decode_graph_in_the_cell_hash(tiny_model_dir, tmp_pa
     static_out = tmp_path / "b.jsonl"
     assert cli_main(base[:-1] + [str(static_out), "--decode-graph", "static"]) == 0
     assert static_out.read_text().split('"config_hash": "')[1][:16] != eager_hash
+    assert cli_main(base + ["--backend", "vllm", "--decode-graph", "static"]) == 2  # not silently eager on vLLM
+    assert "--decode-graph static is an HF-backend option" in capsys.readouterr().err

@@ -87,17 +87,20 @@ def reference_rows(ref) -> list[dict]:
 
 
 def _over_reference(ref, e2e: dict, arch: str | None, dtype: str) -> float | None:
-    """Ours / the original's samples/s for latent_mas. Rows measured beside the original in one process carry our
-    samples/s too (``latentmas_samples_per_s``) and are preferred; of those in this run's dtype, the one at the
-    original's best samples/s (its best batch size) counts. A row without ours is compared with this run's
-    end-to-end row of the same method (same batch size and --ignore-eos are then the user's job)."""
-    rows = [r for r in reference_rows(ref) if r.get("method") == "latent_mas" and r.get("dtype", dtype) == dtype]
-    if not rows:
-        return None
-    best = max(rows, key=lambda r: r["samples_per_s"])
-    if "latentmas_samples_per_s" in best:
+    """Ours / the original's samples/s. Rows measured beside the original in one process carry our samples/s too
+    (``latentmas_samples_per_s``) and are preferred: of the latent_mas ones in this run's dtype, the one at the
+    original's best samples/s (its best batch size) counts. Otherwise the original's best row is compared with
+    this run's end-to-end row of the same method (same batch size and --ignore-eos are then the user's job)."""
+    rows = [r for r in reference_rows(ref) if r.get("dtype", dtype) == dtype]
+    timed = [r for r in rows if r.get("method") == "latent_mas" and "latentmas_samples_per_s" in r]
+    if timed:
+        best = max(timed, key=lambda r: r["samples_per_s"])
         return best["latentmas_samples_per_s"]["median"] / best["samples_per_s"]
-    ours = e2e.get(f"latent_mas/{best.get('arch', arch)}")
+    alone = [r for r in rows if "latentmas_samples_per_s" not in r]
+    if not alone:
+        return None
+    best = max(alone, key=lambda r: r["samples_per_s"])
+    ours = e2e.get(f"{best['method']}/{best.get('arch', arch)}", e2e.get(best["method"]))
     return ours["samples_per_s"]["median"] / best["samples_per_s"] if ours else None
 
 

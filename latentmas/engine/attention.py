@@ -26,7 +26,8 @@ def single_query_attention(module, query: torch.Tensor, key: torch.Tensor, value
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bsz, heads, q_len, dim = query.shape
-    special = (dropout and module.training) or kwargs.get("output_attentions") or kwargs.get("softcap") is not None
+    special = ((dropout and module.training) or kwargs.get("output_attentions")
+               or any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "cache")))
     if q_len != 1 or query.device.type != "cpu" or special:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -43,7 +44,7 @@ def single_query_attention(module, query: torch.Tensor, key: torch.Tensor, value
             scores = scores + allowed[:, :, None, :].float()
     probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [B, Hkv, g, T]
     out = torch.matmul(probs, value)  # [B, Hkv, g, D]
-    return out.reshape(bsz, 1, heads, dim), None
+    return out.reshape(bsz, 1, heads, value.shape[-1]), None  # value heads may be narrower than query heads
 
 
 def register() -> str:

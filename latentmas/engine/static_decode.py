@@ -23,8 +23,9 @@ BUCKET = 256  # static cache columns are a multiple of this: one compiled graph 
 
 
 def static_capable(batch: SequenceBatch) -> bool:
-    """Sliding-window layers count the window in columns (kv.check_sliding_window): keep those on the eager path."""
-    return not _has_sliding_layers(batch.cache)
+    """Sliding-window layers count the window in columns (kv.check_sliding_window), and layers without their own
+    keys (shared-KV designs) have nothing to copy: keep those on the eager path."""
+    return not _has_sliding_layers(batch.cache) and all(layer.keys is not None for layer in batch.cache.layers)
 
 
 def compiled_forward(model):

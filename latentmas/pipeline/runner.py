@@ -323,6 +323,8 @@ def _check_controls(args: argparse.Namespace, control: str | None) -> None:
                              f"latent_mas memory and would silently drop the control")
     if not 0.0 <= args.keep_fraction <= 1.0:
         raise RunConfigError(f"--keep-fraction must be in [0, 1], got {args.keep_fraction}")
+    if args.decode_graph != "eager" and args.backend != "hf":
+        raise RunConfigError(f"--decode-graph {args.decode_graph} is an HF-backend option; vLLM runs its own graphs")
 
 
 def _cell_spec(args: argparse.Namespace, task, topo, mapper_kind: str, control: str | None,
@@ -343,7 +345,7 @@ def _cell_spec(args: argparse.Namespace, task, topo, mapper_kind: str, control: 
         dtype=args.dtype, ridge_lambda=args.ridge_lambda if uses_w_a else None,
         prompt_version=task.prompt_id(args.prompt_style), chat_template=args.chat_template,
         topology_digest=topo.digest, n=args.n, control=control, backend=args.backend,
-        decode_graph=args.decode_graph if args.backend == "hf" else "eager",
+        decode_graph=args.decode_graph,
     )
 
 
