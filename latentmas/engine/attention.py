@@ -14,6 +14,7 @@ be used (docs/ENGINE.md, "Single-query attention").
 from __future__ import annotations
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "latentmas_sdpa"
 
@@ -23,8 +24,6 @@ def single_query_attention(module, query: torch.Tensor, key: torch.Tensor, value
                            **kwargs) -> tuple[torch.Tensor, None]:
     """transformers attention signature: query [B, H, q, D], key/value [B, Hkv, T, D], mask bool [B, 1, q, T]
     (True = attend) or None; returns ([B, q, H, D], None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     bsz, heads, q_len, dim = query.shape
     special = ((dropout and module.training) or kwargs.get("output_attentions")
                or any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "cache")))

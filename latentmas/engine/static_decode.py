@@ -51,7 +51,7 @@ class StaticDecodeStep:
     def __init__(self, model, batch: SequenceBatch, steps: int, compiled: bool, agent: str = ""):
         from transformers import StaticCache
 
-        self.model, self.batch, self.agent = model, batch, agent
+        self.batch, self.agent = batch, agent
         length = batch.length
         columns = -(-(length + steps) // BUCKET) * BUCKET
         self.cache = StaticCache(config=model.config, max_cache_len=columns)
