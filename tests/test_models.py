@@ -1,8 +1,8 @@
 """Model loading and model sources: chat templates, specs, sha256 verification, clear errors naming the path."""
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import shutil
 import subprocess
 import sys

@@ -147,9 +147,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AMX-BF16 or AVX512-BF16 present. Without either, torch emulates bf16 matmuls and bf16 is slower than float32
-    (measured on a 2-core AVX2-only EPYC, demo model, batch 8: prefill of 8x400 tokens 317 s vs 57 s in fp32,
-    a decode step 1.5-1.9 s vs 0.8-1.1 s), the opposite of the AMX machine the demo's bf16 was chosen on."""
+    """AMX-BF16 or AVX512-BF16 present. Without either, torch emulates bf16 and it is several times slower than
+    float32, the opposite of the AMX machine the demo's bf16 was chosen on (numbers: docs/ENGINE.md, "Compute
+    dtype")."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
