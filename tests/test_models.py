@@ -49,6 +49,24 @@ def test_dtype_policy():
         resolve_dtype("fp8", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_fastest_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch, native):
+    """``fastest`` = bf16 on CUDA and on AMX/AVX512-BF16 CPUs, float32 on AVX2-only ones (where bf16 is emulated and
+    several times slower); ``pinned_dtype_name`` writes the resolved name, ``auto`` stays as written."""
+    import torch
+
+    from latentmas.engine import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    want = torch.bfloat16 if native else torch.float32
+    assert models.resolve_dtype("fastest", torch.device("cpu")) == want
+    assert models.resolve_dtype("fastest", torch.device("cuda")) == torch.bfloat16
+    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32  # the reference does not move
+    assert models.pinned_dtype_name("fastest", "cpu") == models.dtype_name(want)
+    assert models.pinned_dtype_name("auto", "cpu") == "auto"
+    assert models.pinned_dtype_name("bfloat16", "cpu") == "bfloat16"
+
+
 def test_fetch_model_gguf_sha_mismatch_names_path_and_both_hashes(tmp_path):
     fake = tmp_path / "m.gguf"
     fake.write_bytes(b"not really a gguf")

@@ -89,6 +89,22 @@ def test_resume_refuses_other_settings(tiny_model_dir, tmp_path, capsys):
     assert out.read_bytes() == before  # nothing lost
 
 
+def test_fastest_dtype_is_recorded_as_resolved(tiny_model_dir, tmp_path, monkeypatch):
+    """A ``--dtype fastest`` shard hashes the dtype it resolved to: it resumes under that explicit dtype, and a node
+    whose CPU resolves ``fastest`` differently (AMX: bf16) refuses it instead of mixing float32 and bf16 records."""
+    from latentmas.engine import models
+
+    model = tiny_model_dir("qwen2")
+    out = tmp_path / "a.jsonl"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert cli_main(_args(model, out, "--dtype", "fastest", n=2)) == 0
+    before = out.read_bytes()
+    assert cli_main(_args(model, out, "--dtype", "float32", n=2)) == 0  # the same identity: nothing left to run
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert cli_main(_args(model, out, "--dtype", "fastest", n=2)) == 2
+    assert out.read_bytes() == before and len(read_records(out)) == 2
+
+
 def test_oom_backoff_halves_then_fails_single_samples(tiny_model_dir, tmp_path, monkeypatch):
     model = tiny_model_dir("llama")
     ref, got, dead = tmp_path / "ref.jsonl", tmp_path / "got.jsonl", tmp_path / "dead.jsonl"

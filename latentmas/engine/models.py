@@ -136,13 +136,18 @@ AUTO_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` = :data:`AUTO_DTYPE` for the device type (float32 elsewhere)."""
+    """``auto`` = :data:`AUTO_DTYPE` for the device type (float32 elsewhere); ``fastest`` = bf16 where the hardware
+    computes it natively (CUDA; a CPU with AMX-BF16 or AVX512-BF16), float32 elsewhere, so one config runs at
+    its best on an AMX node and on an AVX2-only one (docs/ENGINE.md, "Compute dtype")."""
     if dtype == "auto":
         return AUTO_DTYPE.get(device.type, torch.float32)
+    if dtype == "fastest":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, fastest, float32, bfloat16 or float16")
     return table[dtype]
 
 
@@ -152,6 +157,15 @@ def cpu_has_native_bf16() -> bool:
     dtype")."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def pinned_dtype_name(dtype: str, device: str) -> str:
+    """``fastest`` -> the dtype it resolves to on this machine; any other spelling unchanged. Records and their
+    config hash name what was computed, so a shard resumed on a node of another CPU kind is refused, not mixed.
+    (``auto`` stays as written: its meaning is fixed per device type, and older shards hash it that way.)"""
+    if dtype != "fastest":
+        return dtype
+    return dtype_name(resolve_dtype(dtype, resolve_device(device)))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -208,8 +222,8 @@ def load_model(
     dt = resolve_dtype(dtype, dev)
     if dev.type == "cpu" and dt == torch.bfloat16 and not cpu_has_native_bf16():
         log.warning("dtype bfloat16 on a CPU without AMX-BF16 or AVX512-BF16: torch emulates it and it runs several "
-                    "times slower than float32 here (docs/ENGINE.md, \"Compute dtype\"); set dtype: float32 "
-                    "(models.<name>.dtype, --dtype float32) on this machine")
+                    "times slower than float32 here (docs/ENGINE.md, \"Compute dtype\"); set dtype: fastest or float32 "
+                    "(models.<name>.dtype, --dtype) on this machine")
     try:
         tok = AutoTokenizer.from_pretrained(path)
         kwargs: dict[str, Any] = {"dtype": dt}

@@ -408,12 +408,13 @@ def _record_maker(args: argparse.Namespace, spec: CellSpec, cfg_hash: str, sampl
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentmas.engine.models import effective_sampling
+    from latentmas.engine.models import effective_sampling, pinned_dtype_name
     from latentmas.engine.topology import load_topology
     from latentmas.eval.tasks import get_task
     from latentmas.progress import StepReporter, bar
 
     shard, n_shards = parse_shard(args.shard)
+    args.dtype = pinned_dtype_name(args.dtype, args.device)
     if args.batch_size < 1:
         raise RunConfigError("--batch-size must be >= 1")
     if args.latent_steps < 0:
