@@ -140,7 +140,7 @@ def cli_main(argv: list[str]) -> int:
     from latentmas.engine.models import load_model
     from latentmas.engine.topology import load_topology
     from latentmas.eval.tasks import get_task
-    from latentmas.pipeline.runner import sample_seed
+    from latentmas.pipeline.identity import sample_seed
 
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
