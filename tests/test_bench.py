@@ -100,8 +100,15 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     g = result["graph"]
     assert g["graphs"] == ["eager", "static"] and [r["variant"] for r in g["rows"]] == ["latent_mas/sequential"]
     assert g["rows"][0]["static"]["same_final_text_as_eager"] == 1.0 and g["rows"][0]["static"]["first_pass_s"] > 0
+    # prefill part: one padded forward (the reference) vs one per sample, each method of the first architecture,
+    # on batches with real padding; greedy texts agree
+    pre = {r["variant"]: r for r in result["prefill"]}
+    assert list(pre) == ["text_mas/sequential", "latent_mas/sequential"]
+    for r in pre.values():
+        assert r["per_row"]["same_final_text_as_padded"] == 1.0 and 0 < r["prompt_pad_share"] < 1
     md = (out / "bench.md").read_text()
     assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md and "## Decode graphs" in md
+    assert "## Prompt prefill" in md
 
 
 def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):

@@ -8,7 +8,7 @@ import torch
 from latentmas.engine.alignment import compute_alignment, load_or_compute, target_norm
 from latentmas.engine.checks import check_alignment, check_batch_invariance, check_handoff
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.kv import PREFILL, SequenceBatch, extend, keep_columns, left_pad, memory_columns
 from latentmas.engine.latent import LatentMapper
 from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
 from latentmas.engine.models import encode, render_chat
@@ -135,6 +135,63 @@ def test_greedy_methods_are_batch_invariant(tiny_lm, method, arch):
         assert [x["input_tokens"] for x in t.agents] == [x["input_tokens"] for x in a.agents]
         assert [x["generated_tokens"] for x in t.agents] == [x["generated_tokens"] for x in a.agents]
         assert t.error is None
+
+
+def _prefill_twice_then_decode(lm, mode: str):
+    """Two left-padded prompt segments (the second on top of the first's padded cache), then one decode step."""
+    token = PREFILL.set(mode)
+    calls = []
+    hook = lm.model.base_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        batch = SequenceBatch.empty(lm.model, 3, lm.device)
+        for seqs in ([[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]], [[3, 4, 5, 6], [7], [8, 9]]):
+            ids, mask = left_pad(seqs, lm.pad_token_id, lm.device)
+            hidden = extend(lm.model, batch, mask, input_ids=ids, want="hidden")
+        step = torch.tensor([[1], [2], [3]], device=lm.device)
+        logits = extend(lm.model, batch, torch.ones_like(step), input_ids=step, want="logits")
+    finally:
+        hook.remove()
+        PREFILL.reset(token)
+    return hidden, logits, batch, len(calls)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompt_prefill_per_row_equals_padded(tiny_lm, arch):
+    """``per_row`` (the bench's alternative) reads each sample's prompt over its real tokens only; it must leave the same
+    cache at every real slot, the same mask and positions, and the same last hidden states and next-token logits as
+    one padded forward. Sliding-window models (gemma3) keep the padded forward."""
+    lm = tiny_lm(arch)
+    h_pad, l_pad, b_pad, n_pad = _prefill_twice_then_decode(lm, "padded")
+    h_row, l_row, b_row, n_row = _prefill_twice_then_decode(lm, "per_row")
+    assert n_pad == 3 and n_row == (3 if arch == "gemma3" else 7)  # one forward per row and prompt segment
+    torch.testing.assert_close(h_row, h_pad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l_row, l_pad, rtol=1e-5, atol=1e-5)
+    assert torch.equal(b_row.attention_mask, b_pad.attention_mask)
+    assert torch.equal(b_row.next_position, b_pad.next_position)
+    real = b_pad.attention_mask.bool()  # [B, T]
+    for lp, lr in zip(b_pad.cache.layers, b_row.cache.layers):
+        for got, want in ((lr.keys, lp.keys), (lr.values, lp.values)):  # [B, H, T, D]
+            assert got.shape == want.shape
+            torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["padded", "per_row"])
+def test_latent_mas_batch_invariant_in_both_prefill_modes(tiny_lm, mode):
+    lm = tiny_lm("qwen2")
+    samples = _gsm8k_inputs(3)
+    topo = load_topology("sequential")
+    mapper = _mapper(lm)
+    token = PREFILL.set(mode)
+    try:
+        together = run_batch(lm, topo, samples, _settings("latent_mas"), mapper)
+        alone = [run_batch(lm, topo, [s], _settings("latent_mas"), mapper)[0] for s in samples]
+    finally:
+        PREFILL.reset(token)
+    for t, a in zip(together, alone):
+        assert t.final_text == a.final_text
+        for x, y in zip(t.agents, a.agents):
+            if x["latent"]:
+                np.testing.assert_allclose(x["latent"]["norms"], y["latent"]["norms"], rtol=1e-4)
 
 
 def test_latent_steps_zero_still_hands_over_prompt_memory(tiny_lm):

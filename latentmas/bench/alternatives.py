@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from latentmas.bench.measure import Variant, _method_settings, clock, interleaved, runner, spread, step_costs
+from latentmas.engine.kv import PREFILL
 from latentmas.engine.lens import TRACE_LEVELS
 from latentmas.engine.methods import SampleInput
 
@@ -81,14 +82,63 @@ def graph_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs: 
                 fn(samples[i:i + batch_size])
             first[g] = round(clock(lm.device) - t0, 2)
         got = interleaved(runs, samples, batch_size, repeats, warmups={})
-        n, ref = len(samples), graphs[0]
-        row = {"variant": v.key, "samples": n, "batch_size": batch_size}
+        row = _versus_row(v, got, samples, batch_size, graphs)
         for g in graphs:
-            row[g] = {"samples_per_s": spread([n / w for w in got["walls"][g]]), "first_pass_s": first[g],
-                      "same_final_text_as_" + ref: sum(got["outs"][g][s.sample_id].final_text ==
-                                                       got["outs"][ref][s.sample_id].final_text for s in samples) / n}
+            row[g]["first_pass_s"] = first[g]
         rows.append(row)
     return rows
+
+
+def _versus_row(v: Variant, got: dict, samples: list[SampleInput], batch_size: int, names: list[str]) -> dict:
+    """One variant under competing settings (``names``, the reference first): samples/s and the share of final
+    texts equal to the reference's (greedy)."""
+    n, ref = len(samples), names[0]
+    row = {"variant": v.key, "samples": n, "batch_size": batch_size}
+    for name in names:
+        row[name] = {"samples_per_s": spread([n / w for w in got["walls"][name]]),
+                     "same_final_text_as_" + ref: sum(got["outs"][name][s.sample_id].final_text ==
+                                                      got["outs"][ref][s.sample_id].final_text for s in samples) / n}
+    return row
+
+
+def _under_prefill(fn, mode: str):
+    """``fn`` with every prompt segment computed in prefill ``mode`` (engine/kv.py ``PREFILL``)."""
+    def run(batch):
+        token = PREFILL.set(mode)
+        try:
+            return fn(batch)
+        finally:
+            PREFILL.reset(token)
+
+    run.device = fn.device
+    return run
+
+
+def prefill_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
+                    batch_size: int, repeats: int) -> list[dict]:
+    """Prompt segments as one padded forward (the reference) vs one forward per sample over its real tokens:
+    samples/s and identical final texts per variant. The numbers behind ``PREFILL``'s per-device default."""
+    modes = ["padded", "per_row"]
+    rows = []
+    for v in vs:
+        base = runner(lm, topologies[v.arch], _method_settings(v, settings), mapper)
+        got = interleaved({m: _under_prefill(base, m) for m in modes}, samples, batch_size, repeats)
+        row = _versus_row(v, got, samples, batch_size, modes)
+        row["prompt_pad_share"] = _pad_share(got["outs"]["padded"], samples, batch_size)
+        rows.append(row)
+    return rows
+
+
+def _pad_share(outs: dict, samples: list[SampleInput], batch_size: int) -> float:
+    """Share of the padded prompt slots that are pads: per batch and agent, B × longest prompt vs the real tokens
+    (the records' ``input_tokens``). What ``per_row`` saves in FLOPs."""
+    real = padded = 0
+    for i in range(0, len(samples), batch_size):
+        agents = [outs[s.sample_id].agents for s in samples[i:i + batch_size]]
+        for a in range(len(agents[0])):
+            lens = [row[a]["input_tokens"] for row in agents]
+            real, padded = real + sum(lens), padded + len(lens) * max(lens)
+    return round(1 - real / padded, 4) if padded else 0.0
 
 
 def backend_compare(lm, llm, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,

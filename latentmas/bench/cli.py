@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace", "graph")
+from latentmas.engine.kv import PREFILL, PREFILL_MODES
+
+PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace", "graph", "prefill")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
          "scaling_batch_sizes": "1,2", "max_new_tokens": 8, "agent_max_new_tokens": 4, "latent_steps": 2,
          "archs": "sequential"}
@@ -60,6 +62,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="the `graph` part: comma list of eager,static,compiled compared on --graph-methods (auto: "
                          "all three on a GPU, none elsewhere: compiling on a CPU takes minutes; none: skip)")
     ap.add_argument("--graph-methods", default="baseline,latent_mas", help="methods of the `graph` part")
+    ap.add_argument("--prefill", default="padded", choices=PREFILL_MODES,
+                    help="how prompt segments are computed in every other part (docs/ENGINE.md, \"Prompt prefill\")")
+    ap.add_argument("--prefill-methods", default="baseline,text_mas,latent_mas",
+                    help="methods of the `prefill` part: prompt segments padded vs per row (docs/ENGINE.md)")
     ap.add_argument("--backend", default="hf", help="hf, or hf,vllm: adds HF vs vLLM samples/s per method (vLLM "
                     "engine started once, after the HF parts on a CPU, before the HF model on a GPU)")
     ap.add_argument("--reference-json", default=None,
@@ -166,6 +172,7 @@ def cli_main(argv: list[str]) -> int:
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
+    PREFILL.set(args.prefill)
     result = run_parts(args, lm, skip, backends, engine)
     from latentmas.bench import report
 
@@ -230,6 +237,10 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
         gvs = [v for v in first if v.method in args.graph_methods.split(",")]
         result["graph"] = {"graphs": graphs, "rows": alternatives.graph_compare(
             run_lm, mapper, topologies, samples, gvs, settings, args.batch_size, args.repeats, graphs)}
+    if "prefill" not in skip:
+        pvs = [v for v in first if v.method in args.prefill_methods.split(",")]
+        result["prefill"] = alternatives.prefill_compare(run_lm, mapper, topologies, samples, pvs, settings,
+                                                         args.batch_size, args.repeats)
     if "vllm" in backends:
         llm, start_s = engine or _vllm_engine(args, lm.dtype)
         result["backends"] = {"engine_start_s": round(start_s, 1), "rows": alternatives.backend_compare(

@@ -153,7 +153,7 @@ def markdown(result: dict) -> str:
 
 
 def _alternatives_markdown(result: dict) -> list[str]:
-    """The trace-level, dtype, decode-graph, reference and backend sections (each only when its part ran)."""
+    """The trace-level, dtype, decode-graph, prefill, reference and backend sections (each only when its part ran)."""
     lines = []
     if result.get("trace"):
         lines += ["", "## Trace level (latent_mas, same samples, interleaved)", "",
@@ -186,6 +186,15 @@ def _alternatives_markdown(result: dict) -> list[str]:
             lines += [f"| {r['variant']} | {r['batch_size']} | {name} | {_rate(r[name]['samples_per_s'])} | "
                       f"{r[name]['samples_per_s']['median'] / base:.2f} | {r[name]['first_pass_s']} | "
                       f"{r[name]['same_final_text_as_' + ref]:.0%} |" for name in g["graphs"]]
+    if result.get("prefill"):
+        lines += ["", "## Prompt prefill: one padded forward vs one forward per sample (same samples, interleaved)", "",
+                  "| variant | batch | prompt pad share | padded samples/s | per_row samples/s | per_row/padded | "
+                  "same final text as padded |", "|---|---|---|---|---|---|---|"]
+        for r in result["prefill"]:
+            pad, row = r["padded"]["samples_per_s"], r["per_row"]["samples_per_s"]
+            lines.append(f"| {r['variant']} | {r['batch_size']} | {r['prompt_pad_share']:.1%} | {_rate(pad)} | "
+                         f"{_rate(row)} | {row['median'] / pad['median']:.2f} | "
+                         f"{r['per_row']['same_final_text_as_padded']:.0%} |")
     rows = reference_rows(result.get("reference"))
     if rows:
         lines += ["", "## Versus the original LatentMAS (its HF path, same model and samples, EOS ignored; docs/BENCH.md)",
