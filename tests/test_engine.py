@@ -157,13 +157,14 @@ def _prefill_twice_then_decode(lm, mode: str):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prompt_prefill_per_row_equals_padded(tiny_lm, arch):
-    """``per_row`` (the bench's alternative) reads each sample's prompt over its real tokens only; it must leave the same
+    """``per_row`` (the CPU default) reads each sample's prompt over its real tokens only; it must leave the same
     cache at every real slot, the same mask and positions, and the same last hidden states and next-token logits as
     one padded forward. Sliding-window models (gemma3) keep the padded forward."""
     lm = tiny_lm(arch)
     h_pad, l_pad, b_pad, n_pad = _prefill_twice_then_decode(lm, "padded")
     h_row, l_row, b_row, n_row = _prefill_twice_then_decode(lm, "per_row")
     assert n_pad == 3 and n_row == (3 if arch == "gemma3" else 7)  # one forward per row and prompt segment
+    assert _prefill_twice_then_decode(lm, "auto")[3] == n_row  # auto on a CPU = per_row
     torch.testing.assert_close(h_row, h_pad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(l_row, l_pad, rtol=1e-5, atol=1e-5)
     assert torch.equal(b_row.attention_mask, b_pad.attention_mask)

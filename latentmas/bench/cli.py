@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="the `graph` part: comma list of eager,static,compiled compared on --graph-methods (auto: "
                          "all three on a GPU, none elsewhere: compiling on a CPU takes minutes; none: skip)")
     ap.add_argument("--graph-methods", default="baseline,latent_mas", help="methods of the `graph` part")
-    ap.add_argument("--prefill", default="padded", choices=PREFILL_MODES,
+    ap.add_argument("--prefill", default="auto", choices=PREFILL_MODES,
                     help="how prompt segments are computed in every other part (docs/ENGINE.md, \"Prompt prefill\")")
     ap.add_argument("--prefill-methods", default="baseline,text_mas,latent_mas",
                     help="methods of the `prefill` part: prompt segments padded vs per row (docs/ENGINE.md)")

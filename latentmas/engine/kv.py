@@ -30,12 +30,13 @@ import torch
 STEP_HOOK: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar("STEP_HOOK", default=None)
 
 
-# How a padded multi-token segment (an agent's prompt) is computed. ``padded`` (the default, the reference): one
-# forward over ``[B, S]``, pad slots included. ``per_row``: one forward per sample over its own real tokens, written
-# into the same cache layout: pads are ~28-32% of the demo's prompt slots at batch 8, but skipping them measured
-# only 1.03x end to end on a CPU (docs/ENGINE.md, "Prompt prefill"), so it is an option the bench measures.
-PREFILL_MODES = ("padded", "per_row")
-PREFILL: contextvars.ContextVar[str] = contextvars.ContextVar("PREFILL", default="padded")
+# How a padded multi-token segment (an agent's prompt) is computed. ``padded``: one forward over ``[B, S]``, pad
+# slots included (one large kernel per layer, what a GPU wants). ``per_row``: one forward per sample over its own
+# real tokens, written into the same cache layout: on a CPU the FLOPs are the cost and pads are ~28-32% of the demo's
+# prompt slots at batch 8 (1.03-1.11x end to end, lower peak memory; docs/ENGINE.md, "Prompt prefill").
+# ``auto`` (default): per_row on a CPU, padded elsewhere.
+PREFILL_MODES = ("auto", "padded", "per_row")
+PREFILL: contextvars.ContextVar[str] = contextvars.ContextVar("PREFILL", default="auto")
 
 
 def _cache_kwarg(model) -> str:
@@ -156,6 +157,8 @@ def _prefill_rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> bool:
     if bsz < 2 or width < 2:
         return False
     mode = PREFILL.get()
+    if mode == "auto":
+        mode = "per_row" if mask.device.type == "cpu" else "padded"
     if mode not in PREFILL_MODES:
         raise ValueError(f"unknown prefill mode {mode!r}; use one of {', '.join(PREFILL_MODES)}")
     return mode == "per_row" and not _has_sliding_layers(batch.cache) and not bool(mask.all())
