@@ -152,7 +152,8 @@ def _forward(target, cache, full_mask: torch.Tensor, position_ids: torch.Tensor,
 
 def _prefill_rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> bool:
     """Whether this segment runs one forward per sample (see :data:`PREFILL`). Only multi-token segments with
-    padding qualify (a latent step or a decoded token is one real column per row: nothing to save)."""
+    padding qualify (a latent step or a decoded token is one real column per row: nothing to save); a row without
+    any token in the segment keeps the padded forward."""
     bsz, width = mask.shape
     if bsz < 2 or width < 2:
         return False
@@ -161,7 +162,10 @@ def _prefill_rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> bool:
         mode = "per_row" if mask.device.type == "cpu" else "padded"
     if mode not in PREFILL_MODES:
         raise ValueError(f"unknown prefill mode {mode!r}; use one of {', '.join(PREFILL_MODES)}")
-    return mode == "per_row" and not _has_sliding_layers(batch.cache) and not bool(mask.all())
+    if mode != "per_row" or _has_sliding_layers(batch.cache):
+        return False
+    real = mask.sum(dim=1)  # [B]
+    return bool((real < width).any()) and bool((real > 0).all())  # padding to skip, and a token in every row
 
 
 def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, position_ids: torch.Tensor,
