@@ -51,16 +51,18 @@ def test_dtype_policy():
 
 @pytest.mark.parametrize("native", [False, True])
 def test_fastest_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch, native):
-    """``fastest`` = bf16 on CUDA and on AMX/AVX512-BF16 CPUs, float32 on AVX2-only ones (where bf16 is emulated and
-    several times slower); ``pinned_dtype_name`` writes the resolved name, ``auto`` stays as written."""
+    """``fastest`` = bf16 on bf16-capable GPUs and AMX/AVX512-BF16 CPUs, float32 on AVX2-only CPUs (where bf16 is
+    emulated and several times slower) and pre-Ampere GPUs; ``pinned_dtype_name`` writes the resolved name, ``auto``
+    stays as written."""
     import torch
 
     from latentmas.engine import models
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)  # V100/T4: no
     want = torch.bfloat16 if native else torch.float32
     assert models.resolve_dtype("fastest", torch.device("cpu")) == want
-    assert models.resolve_dtype("fastest", torch.device("cuda")) == torch.bfloat16
+    assert models.resolve_dtype("fastest", torch.device("cuda")) == want
     assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32  # the reference does not move
     assert models.pinned_dtype_name("fastest", "cpu") == models.dtype_name(want)
     assert models.pinned_dtype_name("auto", "cpu") == "auto"

@@ -135,7 +135,7 @@ def _pad_share(outs: dict, samples: list[SampleInput], batch_size: int) -> float
     real = padded = 0
     for i in range(0, len(samples), batch_size):
         agents = [outs[s.sample_id].agents for s in samples[i:i + batch_size]]
-        for a in range(len(agents[0])):
+        for a in range(min(len(row) for row in agents)):  # a sample that failed early has fewer agents
             lens = [row[a]["input_tokens"] for row in agents]
             real, padded = real + sum(lens), padded + len(lens) * max(lens)
     return round(1 - real / padded, 4) if padded else 0.0

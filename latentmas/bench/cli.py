@@ -172,8 +172,11 @@ def cli_main(argv: list[str]) -> int:
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
-    PREFILL.set(args.prefill)
-    result = run_parts(args, lm, skip, backends, engine)
+    token = PREFILL.set(args.prefill)
+    try:
+        result = run_parts(args, lm, skip, backends, engine)
+    finally:
+        PREFILL.reset(token)
     from latentmas.bench import report
 
     paths = report.write(result, Path(args.out_dir), args.name)

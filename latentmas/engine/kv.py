@@ -162,8 +162,8 @@ def _prefill_rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> bool:
         mode = "per_row" if mask.device.type == "cpu" else "padded"
     if mode not in PREFILL_MODES:
         raise ValueError(f"unknown prefill mode {mode!r}; use one of {', '.join(PREFILL_MODES)}")
-    if mode != "per_row" or _has_sliding_layers(batch.cache):
-        return False
+    if mode != "per_row" or not all(type(layer).__name__ == "DynamicLayer" for layer in batch.cache.layers):
+        return False  # sliding-window, linear-attention or quantized layers keep the padded forward
     real = mask.sum(dim=1)  # [B]
     return bool((real < width).any()) and bool((real > 0).all())  # padding to skip, and a token in every row
 
@@ -174,7 +174,8 @@ def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, positi
     same left-padded layout the padded forward produces (pad slots hold zeros: finite, and masked like before).
 
     Keys carry the RoPE phase of their explicit position, and attention reads a set of masked slots, so a row's
-    numbers equal the padded forward's up to kernel reduction order."""
+    numbers equal the padded forward's up to kernel reduction order. Assumes :func:`left_pad`'s layout: each row's
+    real tokens are the last ones of the segment."""
     from transformers import DynamicCache
 
     bsz, width = mask.shape
@@ -192,6 +193,8 @@ def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, positi
         lasts.append(_forward(target, row, row_mask, position_ids[i:i + 1, width - n:],
                               {name: seg[i:i + 1, width - n:]}, want))
         for li, layer in enumerate(row.layers):
+            if layer.keys is None:
+                continue
             k, v = layer.keys[:, :, past:, :], layer.values[:, :, past:, :]  # [1, H, n, D]
             if li not in chunks:
                 shape = (bsz, k.shape[1], width, k.shape[3])

@@ -137,12 +137,14 @@ AUTO_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` = :data:`AUTO_DTYPE` for the device type (float32 elsewhere); ``fastest`` = bf16 where the hardware
-    computes it natively (CUDA; a CPU with AMX-BF16 or AVX512-BF16), float32 elsewhere, so one config runs at
-    its best on an AMX node and on an AVX2-only one (docs/ENGINE.md, "Compute dtype")."""
+    computes it natively (a CUDA GPU of compute capability >= 8.0; a CPU with AMX-BF16 or AVX512-BF16), float32
+    elsewhere, so one config runs at its best on an AMX node and on an AVX2-only one (docs/ENGINE.md, "Compute
+    dtype")."""
     if dtype == "auto":
         return AUTO_DTYPE.get(device.type, torch.float32)
     if dtype == "fastest":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        native = ((device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
+                  or (device.type == "cpu" and cpu_has_native_bf16()))
         return torch.bfloat16 if native else torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}

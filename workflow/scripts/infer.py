@@ -3,8 +3,8 @@
 The runner appends to and resumes its --out file. Snakemake deletes the outputs of a failed job, so the runner writes
 `<output>.partial` (not a declared output) and the file is renamed onto the output only when the run succeeded. A
 `<output>.partial.json` beside it records the settings the partial file was started with; if they differ from this
-job's settings (the config changed), the stale partial file is discarded instead of resumed (the runner would refuse
-to resume onto records with another config_hash anyway).
+job's settings (the config changed, or `dtype: fastest` resolves differently on this node), the stale partial file
+is discarded instead of resumed (the runner would refuse to resume onto records with another config_hash anyway).
 """
 import json
 import os
@@ -22,6 +22,10 @@ out = Path(sm.output[0])
 partial = out.with_name(out.name + ".partial")
 stamp = out.with_name(out.name + ".partial.json")
 identity = {"settings": s, "model": sm.input.model, "data": sm.input.data, "align": sm.input.get("align")}
+if s.get("dtype") == "fastest":  # what it resolves to on this node: a partial file from another CPU kind is stale
+    from latentmas.engine.models import pinned_dtype_name  # noqa: E402
+
+    identity["dtype_resolved"] = pinned_dtype_name("fastest", s.get("device", "auto"))
 
 if partial.exists():
     previous = json.loads(stamp.read_text()) if stamp.exists() else None

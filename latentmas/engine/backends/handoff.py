@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.kv import PREFILL, SequenceBatch, extend, keep_columns, left_pad, memory_columns
 from latentmas.engine.methods import SampleOutput, _synced_clock, _think_latently
 from latentmas.engine.models import encode, render_chat
 
@@ -35,12 +35,15 @@ class InputRecorder:
         self.columns: list[torch.Tensor] = []
         self.mask: torch.Tensor | None = None
         self._handle = None
+        self._prefill = None
 
     def __enter__(self) -> "InputRecorder":
         self._handle = self.lm.decoder.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._prefill = PREFILL.set("padded")  # one call per segment with all B rows, what the table assumes
         return self
 
     def __exit__(self, *exc) -> None:
+        PREFILL.reset(self._prefill)
         self._handle.remove()
 
     def _hook(self, module, args, kwargs):
