@@ -120,21 +120,29 @@ def _settings(method, steps=2, max_new=6, memory="all"):
                           agent_max_new_tokens=4)
 
 
+@pytest.mark.parametrize("prefill", ["padded", "per_row"])
 @pytest.mark.parametrize("method", ["baseline", "text_mas", "latent_mas"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_greedy_methods_are_batch_invariant(tiny_lm, method, arch):
+def test_greedy_methods_are_batch_invariant(tiny_lm, method, arch, prefill):
     lm = tiny_lm(arch)
     samples = _gsm8k_inputs(4)
     assert len({len(s.question) for s in samples}) == 4  # different lengths -> real padding
     topo = load_topology("single" if method == "baseline" else "sequential")
     mapper = _mapper(lm)
-    together = run_batch(lm, topo, samples, _settings(method), mapper)
-    alone = [run_batch(lm, topo, [s], _settings(method), mapper)[0] for s in samples]
+    token = PREFILL.set(prefill)  # both ways of reading a padded prompt (per_row is the CPU default)
+    try:
+        together = run_batch(lm, topo, samples, _settings(method), mapper)
+        alone = [run_batch(lm, topo, [s], _settings(method), mapper)[0] for s in samples]
+    finally:
+        PREFILL.reset(token)
     for t, a in zip(together, alone):
         assert t.final_text == a.final_text
         assert [x["input_tokens"] for x in t.agents] == [x["input_tokens"] for x in a.agents]
         assert [x["generated_tokens"] for x in t.agents] == [x["generated_tokens"] for x in a.agents]
         assert t.error is None
+        for x, y in zip(t.agents, a.agents):
+            if x["latent"]:
+                np.testing.assert_allclose(x["latent"]["norms"], y["latent"]["norms"], rtol=1e-4)
 
 
 def _prefill_twice_then_decode(lm, mode: str):
@@ -174,25 +182,6 @@ def test_prompt_prefill_per_row_equals_padded(tiny_lm, arch):
         for got, want in ((lr.keys, lp.keys), (lr.values, lp.values)):  # [B, H, T, D]
             assert got.shape == want.shape
             torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("mode", ["padded", "per_row"])
-def test_latent_mas_batch_invariant_in_both_prefill_modes(tiny_lm, mode):
-    lm = tiny_lm("qwen2")
-    samples = _gsm8k_inputs(3)
-    topo = load_topology("sequential")
-    mapper = _mapper(lm)
-    token = PREFILL.set(mode)
-    try:
-        together = run_batch(lm, topo, samples, _settings("latent_mas"), mapper)
-        alone = [run_batch(lm, topo, [s], _settings("latent_mas"), mapper)[0] for s in samples]
-    finally:
-        PREFILL.reset(token)
-    for t, a in zip(together, alone):
-        assert t.final_text == a.final_text
-        for x, y in zip(t.agents, a.agents):
-            if x["latent"]:
-                np.testing.assert_allclose(x["latent"]["norms"], y["latent"]["norms"], rtol=1e-4)
 
 
 def test_latent_steps_zero_still_hands_over_prompt_memory(tiny_lm):
