@@ -8,7 +8,7 @@ import torch
 from latentmas.engine.alignment import compute_alignment, load_or_compute, target_norm
 from latentmas.engine.checks import check_alignment, check_batch_invariance, check_handoff
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.kv import PREFILL, SequenceBatch, extend, keep_columns, left_pad, memory_columns
+from latentmas.engine.kv import SequenceBatch, extend, keep_columns, left_pad, memory_columns, prefill_mode
 from latentmas.engine.latent import LatentMapper
 from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
 from latentmas.engine.models import encode, render_chat
@@ -129,12 +129,9 @@ def test_greedy_methods_are_batch_invariant(tiny_lm, method, arch, prefill):
     assert len({len(s.question) for s in samples}) == 4  # different lengths -> real padding
     topo = load_topology("single" if method == "baseline" else "sequential")
     mapper = _mapper(lm)
-    token = PREFILL.set(prefill)  # both ways of reading a padded prompt (per_row is the CPU default)
-    try:
+    with prefill_mode(prefill):  # both ways of reading a padded prompt (per_row is the CPU default)
         together = run_batch(lm, topo, samples, _settings(method), mapper)
         alone = [run_batch(lm, topo, [s], _settings(method), mapper)[0] for s in samples]
-    finally:
-        PREFILL.reset(token)
     for t, a in zip(together, alone):
         assert t.final_text == a.final_text
         assert [x["input_tokens"] for x in t.agents] == [x["input_tokens"] for x in a.agents]
@@ -147,19 +144,18 @@ def test_greedy_methods_are_batch_invariant(tiny_lm, method, arch, prefill):
 
 def _prefill_twice_then_decode(lm, mode: str):
     """Two left-padded prompt segments (the second on top of the first's padded cache), then one decode step."""
-    token = PREFILL.set(mode)
     calls = []
     hook = lm.model.base_model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        batch = SequenceBatch.empty(lm.model, 3, lm.device)
-        for seqs in ([[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]], [[3, 4, 5, 6], [7], [8, 9]]):
-            ids, mask = left_pad(seqs, lm.pad_token_id, lm.device)
-            hidden = extend(lm.model, batch, mask, input_ids=ids, want="hidden")
-        step = torch.tensor([[1], [2], [3]], device=lm.device)
-        logits = extend(lm.model, batch, torch.ones_like(step), input_ids=step, want="logits")
+        with prefill_mode(mode):
+            batch = SequenceBatch.empty(lm.model, 3, lm.device)
+            for seqs in ([[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]], [[3, 4, 5, 6], [7], [8, 9]]):
+                ids, mask = left_pad(seqs, lm.pad_token_id, lm.device)
+                hidden = extend(lm.model, batch, mask, input_ids=ids, want="hidden")
+            step = torch.tensor([[1], [2], [3]], device=lm.device)
+            logits = extend(lm.model, batch, torch.ones_like(step), input_ids=step, want="logits")
     finally:
         hook.remove()
-        PREFILL.reset(token)
     return hidden, logits, batch, len(calls)
 
 

@@ -18,7 +18,7 @@ from latentmas.engine.backends import BackendError
 from latentmas.engine.backends.handoff import (InputRecorder, final_prompts, handoff_first_logits, latent_prefix,
                                                prompt_embeds)
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.engine.kv import PREFILL
+from latentmas.engine.kv import prefill_mode
 from latentmas.engine.latent import LatentMapper
 from latentmas.engine.alignment import target_norm
 from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
@@ -209,11 +209,8 @@ def test_greedy_outputs_agree_with_hf(tiny_lm, engine, method):
     topo = load_topology("single" if method == "baseline" else "sequential")
     samples, settings = _samples(), _settings(method, steps=2, max_new=12)
     mapper = _mapper(lm) if method == "latent_mas" else None
-    token = PREFILL.set("padded")  # how the vLLM path's HF part reads prompts (its input recorder): same latents
-    try:
+    with prefill_mode("padded"):  # how the vLLM path's HF part reads prompts (its input recorder): same latents
         ref = run_batch(lm, topo, samples, settings, mapper)
-    finally:
-        PREFILL.reset(token)
     got = _vllm_run(lm, engine, topo, samples, settings, mapper)
     for r, g in zip(ref, got):
         assert g.error is None and r.error is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from latentmas.bench.measure import Variant, _method_settings, clock, interleaved, runner, spread, step_costs
-from latentmas.engine.kv import PREFILL
+from latentmas.engine.kv import prefill_mode
 from latentmas.engine.lens import TRACE_LEVELS
 from latentmas.engine.methods import SampleInput
 
@@ -102,13 +102,10 @@ def _versus_row(v: Variant, got: dict, samples: list[SampleInput], batch_size: i
 
 
 def _under_prefill(fn, mode: str):
-    """``fn`` with every prompt segment computed in prefill ``mode`` (engine/kv.py ``PREFILL``)."""
+    """``fn`` with every prompt segment computed in prefill ``mode`` (engine/kv.py ``prefill_mode``)."""
     def run(batch):
-        token = PREFILL.set(mode)
-        try:
+        with prefill_mode(mode):
             return fn(batch)
-        finally:
-            PREFILL.reset(token)
 
     run.device = fn.device
     return run

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from latentmas.engine.kv import PREFILL, PREFILL_MODES
+from latentmas.engine.kv import PREFILL_MODES, prefill_mode
 
 PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace", "graph", "prefill")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
@@ -172,11 +172,8 @@ def cli_main(argv: list[str]) -> int:
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
-    token = PREFILL.set(args.prefill)
-    try:
+    with prefill_mode(args.prefill):
         result = run_parts(args, lm, skip, backends, engine)
-    finally:
-        PREFILL.reset(token)
     from latentmas.bench import report
 
     paths = report.write(result, Path(args.out_dir), args.name)

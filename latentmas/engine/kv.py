@@ -16,6 +16,7 @@ Caches are used only through the transformers Cache API (``DynamicCache``, ``lay
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -37,6 +38,16 @@ STEP_HOOK: contextvars.ContextVar[Callable[[str, str], None] | None] = contextva
 # ``auto`` (default): per_row on a CPU, padded elsewhere.
 PREFILL_MODES = ("auto", "padded", "per_row")
 PREFILL: contextvars.ContextVar[str] = contextvars.ContextVar("PREFILL", default="auto")
+
+
+@contextlib.contextmanager
+def prefill_mode(mode: str):
+    """Every prompt segment inside the ``with`` block is computed in ``mode`` (one of :data:`PREFILL_MODES`)."""
+    token = PREFILL.set(mode)
+    try:
+        yield
+    finally:
+        PREFILL.reset(token)
 
 
 def _cache_kwarg(model) -> str:
@@ -125,8 +136,9 @@ def extend(
     target = model.base_model if want == "hidden" else model
     inputs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
     with torch.no_grad():
-        if _prefill_rows_apart(batch, mask):
-            last = _forward_rows_apart(target, batch, mask, position_ids, inputs, want)
+        rows = _rows_apart(batch, mask)
+        if rows is not None:
+            last = _forward_rows_apart(target, batch, mask, rows, position_ids, inputs, want)
         else:
             last = _forward(target, batch.cache, full_mask, position_ids, inputs, want)
     start = batch.length
@@ -150,37 +162,36 @@ def _forward(target, cache, full_mask: torch.Tensor, position_ids: torch.Tensor,
     return out.last_hidden_state[:, -1, :] if want == "hidden" else out.logits[:, -1, :]
 
 
-def _prefill_rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> bool:
-    """Whether this segment runs one forward per sample (see :data:`PREFILL`). Only multi-token segments with
-    padding qualify (a latent step or a decoded token is one real column per row: nothing to save); a row without
-    any token in the segment keeps the padded forward."""
+def _rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> list[int] | None:
+    """Each row's real token count if this segment runs one forward per sample (see :data:`PREFILL`), else None.
+    Only multi-token segments with padding qualify (a latent step or a decoded token is one real column per row:
+    nothing to save); a row without any token in the segment keeps the padded forward."""
     bsz, width = mask.shape
     if bsz < 2 or width < 2:
-        return False
+        return None
     mode = PREFILL.get()
     if mode == "auto":
         mode = "per_row" if mask.device.type == "cpu" else "padded"
     if mode not in PREFILL_MODES:
         raise ValueError(f"unknown prefill mode {mode!r}; use one of {', '.join(PREFILL_MODES)}")
     if mode != "per_row" or not all(type(layer).__name__ == "DynamicLayer" for layer in batch.cache.layers):
-        return False  # sliding-window, linear-attention or quantized layers keep the padded forward
-    real = mask.sum(dim=1)  # [B]
-    return bool((real < width).any()) and bool((real > 0).all())  # padding to skip, and a token in every row
+        return None  # sliding-window, linear-attention or quantized layers keep the padded forward
+    real = mask.sum(dim=1).tolist()  # [B]: one host sync per prompt segment
+    return real if min(real) > 0 and min(real) < width else None  # a token in every row, and padding to skip
 
 
-def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, position_ids: torch.Tensor,
-                        inputs: dict, want: str) -> torch.Tensor:
+def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, real: list[int],
+                        position_ids: torch.Tensor, inputs: dict, want: str) -> torch.Tensor:
     """The segment computed one sample at a time over its real tokens only, written into the batch cache in the
     same left-padded layout the padded forward produces (pad slots hold zeros: finite, and masked like before).
 
     Keys carry the RoPE phase of their explicit position, and attention reads a set of masked slots, so a row's
     numbers equal the padded forward's up to kernel reduction order. Assumes :func:`left_pad`'s layout: each row's
-    real tokens are the last ones of the segment."""
+    real tokens are the last ones of the segment (``real[i]`` of them)."""
     from transformers import DynamicCache
 
     bsz, width = mask.shape
     past = batch.length
-    real = mask.sum(dim=1).tolist()  # one host sync per prompt segment
     name, seg = next(iter(inputs.items()))
     chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     lasts = []
