@@ -92,10 +92,15 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     assert len({r["latent_steps_per_sample"] for r in trace.values()}) == 1 and trace["none"]["over_none"] == 1.0
     # dtype part: the CPU's float32 compared with bfloat16 on the same samples (float32 agrees with itself)
     d = result["dtype"]
-    assert d["dtypes"] == ["float32", "bfloat16"] and [r["variant"] for r in d["end_to_end"]] == ["latent_mas/sequential"]
+    assert d["names"] == ["float32", "bfloat16"] and [r["variant"] for r in d["end_to_end"]] == ["latent_mas/sequential"]
     row = d["end_to_end"][0]
     assert row["float32"]["same_final_text_as_float32"] == 1.0 and 0 <= row["bfloat16"]["same_final_text_as_float32"] <= 1
     assert set(d["step_costs"]) == {"float32", "bfloat16"} and row["speedup_bfloat16"] > 0
+    # kernel part: plain linears (the reference) vs oneDNN-packed ones, same samples, same greedy texts
+    k = result["kernel"]
+    assert k["names"] == ["aten", "onednn"] and [r["variant"] for r in k["end_to_end"]] == ["latent_mas/sequential"]
+    assert k["end_to_end"][0]["onednn"]["same_final_text_as_aten"] == 1.0 and set(k["step_costs"]) == set(k["names"])
+    assert "linear_kernel" in env
     # graph part: eager (the reference, always first) vs static on the same samples; static decodes the same text
     g = result["graph"]
     assert g["graphs"] == ["eager", "static"] and [r["variant"] for r in g["rows"]] == ["latent_mas/sequential"]
@@ -108,7 +113,7 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
         assert r["per_row"]["same_final_text_as_padded"] == 1.0 and 0 < r["prompt_pad_share"] < 1
     md = (out / "bench.md").read_text()
     assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md and "## Decode graphs" in md
-    assert "## Prompt prefill" in md
+    assert "## Prompt prefill" in md and "## Linear kernel: aten vs onednn" in md
 
 
 def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):
@@ -120,5 +125,7 @@ def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):
     assert "warp" in capsys.readouterr().err
     assert cli_main([model, "--decode-graphs", "static,cudagraph"]) == 2
     assert "cudagraph" in capsys.readouterr().err
+    assert cli_main([model, "--device", "cpu", "--decode-graphs", "compiled"]) == 2  # packed linears by default
+    assert "--linear-kernel aten" in capsys.readouterr().err
     assert cli_main([model, "--backend", "vllm"]) == 2  # nothing to compare with
     assert "--backend 'vllm'" in capsys.readouterr().err

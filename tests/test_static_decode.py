@@ -54,9 +54,13 @@ def test_static_step_logits_equal_eager_with_done_rows(tiny_lm):
 
 
 @pytest.mark.parametrize("graph", ["static", "compiled"])
-def test_greedy_tokens_equal_eager(tiny_lm, graph):
-    """40 greedy tokens (no stop ids: every row runs the whole way) from a padded, latent-prefixed cache."""
-    lm = tiny_lm("qwen2")
+def test_greedy_tokens_equal_eager(tiny_lm, tiny_model_dir, graph):
+    """40 greedy tokens (no stop ids: every row runs the whole way) from a padded, latent-prefixed cache. The
+    compiled graph needs plain linears (torch.compile cannot trace oneDNN's packed weights): a model loaded so."""
+    from latentmas.engine.models import load_model
+
+    lm = tiny_lm("qwen2") if graph == "static" else load_model(
+        str(tiny_model_dir("qwen2")), dtype="float32", device="cpu", decode_graph="compiled")
     settings = DecodeSettings(40, True)
     runs = {}
     for g in ("eager", graph):
@@ -137,3 +141,13 @@ def test_runner_records_the_decode_graph_in_the_cell_hash(tiny_model_dir, tmp_pa
     assert static_out.read_text().split('"config_hash": "')[1][:16] != eager_hash
     assert cli_main(base + ["--backend", "vllm", "--decode-graph", "static"]) == 2  # not silently eager on vLLM
     assert "--decode-graph static is an HF-backend option" in capsys.readouterr().err
+
+
+def test_compiled_refuses_packed_linears_with_one_clear_error(tiny_lm):
+    """A model whose linears were packed (the CPU float32 default) cannot be compiled: one error naming the fix,
+    not a dynamo trace from deep inside torch.compile."""
+    lm = tiny_lm("qwen2")
+    assert lm.linear_kernel == "onednn"
+    batch, logits = _prefilled(lm)
+    with pytest.raises(ValueError, match="linear_kernel aten"):
+        decode(lm.model, batch, logits, DecodeSettings(4, True), [], lm.pad_token_id, "b", graph="compiled")

@@ -14,13 +14,14 @@ from latentmas.engine.lens import TRACE_LEVELS
 from latentmas.engine.methods import SampleInput
 
 
-def dtype_compare(models: dict, mappers: dict, topologies: dict, samples: list[SampleInput], vs: list[Variant],
+def model_compare(models: dict, mappers: dict, topologies: dict, samples: list[SampleInput], vs: list[Variant],
                   settings: dict, batch_size: int, repeats: int, step_context: int, step_repeats: int) -> dict:
-    """The same model in two dtypes (``models``: dtype name -> LoadedModel, the reference first).
+    """The same model loaded two ways (``models``: name -> LoadedModel, the reference first): two dtypes (the
+    ``dtype`` part) or two linear kernels (the ``kernel`` part).
 
-    Per variant: samples/s in each dtype and the share of samples whose final text equals the reference dtype's
-    (greedy); per dtype: the step costs at one context length, batch 1 and 8. These are the numbers behind the CPU
-    default dtype (docs/ENGINE.md, "Compute dtype")."""
+    Per variant: samples/s each way and the share of samples whose final text equals the reference's (greedy);
+    per way: the step costs at one context length, batch 1 and 8. These are the numbers behind the CPU defaults
+    (docs/ENGINE.md, "Compute dtype" and "Packed linears")."""
     names = list(models)
     ref = names[0]
     rows = []
@@ -37,7 +38,7 @@ def dtype_compare(models: dict, mappers: dict, topologies: dict, samples: list[S
         row["speedup_" + other] = row[other]["samples_per_s"]["median"] / row[ref]["samples_per_s"]["median"]
         rows.append(row)
     steps = {d: step_costs(models[d], mappers[d], [step_context], [1, 8], step_repeats) for d in names}
-    return {"dtypes": names, "end_to_end": rows, "step_costs": steps}
+    return {"names": names, "end_to_end": rows, "step_costs": steps}
 
 
 def trace_costs(lm, topo, samples: list[SampleInput], v: Variant, settings: dict, batch_size: int, repeats: int,

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from latentmas.engine.kv import PREFILL_MODES, prefill_mode
+from latentmas.engine.packed_linear import LINEAR_KERNELS, onednn_available
 
-PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "trace", "graph", "prefill")
+PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "kernel", "trace", "graph", "prefill")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
          "scaling_batch_sizes": "1,2", "max_new_tokens": 8, "agent_max_new_tokens": 4, "latent_steps": 2,
          "archs": "sequential"}
@@ -57,6 +58,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="the dtype the `dtype` part compares the main one with (auto: float32 vs bfloat16 on a CPU, "
                          "none elsewhere; none: skip)")
     ap.add_argument("--dtype-methods", default="baseline,latent_mas", help="methods of the `dtype` part")
+    ap.add_argument("--linear-kernel", default="auto", choices=LINEAR_KERNELS,
+                    help="linear kernel of every other part (docs/ENGINE.md, \"Packed linears\")")
+    ap.add_argument("--kernel-methods", default="baseline,latent_mas",
+                    help="methods of the `kernel` part: plain linears (aten) vs oneDNN-packed, on a CPU")
     ap.add_argument("--decode-graph", default="eager", help="decode graph of every other part (docs/ENGINE.md)")
     ap.add_argument("--decode-graphs", default="auto",
                     help="the `graph` part: comma list of eager,static,compiled compared on --graph-methods (auto: "
@@ -168,7 +173,10 @@ def cli_main(argv: list[str]) -> int:
         engine = None
         if "vllm" in backends and torch.cuda.is_available():  # vLLM spawns its engine before this process uses CUDA
             engine = _vllm_engine(args, resolve_dtype(args.dtype, torch.device("cuda")))
-        lm = load_model(args.model, dtype=args.dtype, device=args.device, decode_graph=args.decode_graph)
+        lm = load_model(args.model, dtype=args.dtype, device=args.device, decode_graph=args.decode_graph,
+                        linear_kernel=args.linear_kernel)
+        if "compiled" in _graphs(args, lm.device.type == "cuda") and lm.linear_kernel == "onednn":
+            raise ValueError("--decode-graphs compiled needs plain linears: add --linear-kernel aten")
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
@@ -229,9 +237,11 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
                   dtype_name(lm_b.dtype): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
         mappers = dict(zip(models, (mapper, LatentMapper(al.target_norm, al.w_a, lm_b.device, lm_b.dtype))))
         dvs = [v for v in first if v.method in args.dtype_methods.split(",")]
-        result["dtype"] = alternatives.dtype_compare(models, mappers, topologies, samples, dvs, settings,
+        result["dtype"] = alternatives.model_compare(models, mappers, topologies, samples, dvs, settings,
                                                      args.batch_size, args.repeats, 512, args.step_repeats)
         del lm_b, models, mappers
+    if "kernel" not in skip and lm.device.type == "cpu" and onednn_available(lm.dtype):
+        result["kernel"] = _kernel_part(args, lm, run_lm, mapper, topologies, samples, first, settings)
     graphs = [] if "graph" in skip else _graphs(args, on_gpu)
     if len(graphs) > 1:
         gvs = [v for v in first if v.method in args.graph_methods.split(",")]
@@ -249,6 +259,23 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
         result["reference"] = json.loads(Path(args.reference_json).read_text())
     result["summary"] = report.summarise(result, on_gpu)
     return result
+
+
+def _kernel_part(args, lm, run_lm, mapper, topologies, samples, first, settings) -> dict:
+    """Plain linears (aten, the reference) vs oneDNN-packed ones: the same model loaded the other way beside the
+    main one, interleaved (the numbers behind ``linear_kernel: auto``)."""
+    from latentmas.bench import alternatives, measure
+    from latentmas.engine.models import dtype_name, load_model
+
+    other = load_model(args.model, dtype=dtype_name(lm.dtype), device=str(lm.device),
+                       linear_kernel="aten" if lm.linear_kernel == "onednn" else "onednn")
+    if args.ignore_eos:
+        other = measure.without_eos(other)
+    models = {m.linear_kernel: m for m in (run_lm, other)}
+    models = {k: models[k] for k in ("aten", "onednn")}
+    kvs = [v for v in first if v.method in args.kernel_methods.split(",")]
+    return alternatives.model_compare(models, dict.fromkeys(models, mapper), topologies, samples, kvs, settings,
+                                      args.batch_size, args.repeats, 512, args.step_repeats)
 
 
 def _alignment(args, lm, skip: set, result: dict):

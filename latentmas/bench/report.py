@@ -34,7 +34,8 @@ def environment(lm, model_path: str) -> dict:
     dev = lm.device
     return {"model": lm.name, "model_path": str(model_path), "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or
-            platform.machine(), "dtype": dtype_name(lm.dtype), "threads": torch.get_num_threads(),
+            platform.machine(), "dtype": dtype_name(lm.dtype), "linear_kernel": lm.linear_kernel,
+            "threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "git_commit": (commit + "-dirty") if commit and dirty else commit}
 
@@ -115,7 +116,8 @@ def _ms(d: dict) -> str:
 def markdown(result: dict) -> str:
     env = result["environment"]
     lines = [f"# latentmas bench — {env['model']}", "",
-             f"{env['device']} ({env['device_name']}), {env['dtype']}, {env['threads']} threads, torch {env['torch']},"
+             f"{env['device']} ({env['device_name']}), {env['dtype']}, {env.get('linear_kernel', 'aten')} linears, "
+             f"{env['threads']} threads, torch {env['torch']},"
              f" transformers {env['transformers']}, commit {env['git_commit']}", "", "## Summary", "",
              "| ratio | value | target | met |", "|---|---|---|---|"]
     for name, e in result["summary"].items():
@@ -152,8 +154,29 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _two_ways_markdown(d: dict | None, title: str, label: str) -> list[str]:
+    """A ``model_compare`` section (the same model loaded two ways: samples/s, equal texts, step costs)."""
+    if not d:
+        return []
+    names = d.get("names") or d["dtypes"]  # snapshots before the kernel part named the list "dtypes"
+    ref, other = names[0], names[-1]
+    lines = ["", f"## {title}: {ref} vs {other} (same samples, interleaved)", "",
+             f"| variant | batch | {ref} samples/s | {other} samples/s | {other}/{ref} | same final text as {ref} |",
+             "|---|---|---|---|---|---|"]
+    for r in d["end_to_end"]:
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {r[ref]['samples_per_s']['median']:.3f} | "
+                     f"{r[other]['samples_per_s']['median']:.3f} | {r['speedup_' + other]:.2f} | "
+                     f"{r[other]['same_final_text_as_' + ref]:.0%} |")
+    lines += ["", f"| {label} | context | batch | latent step ms | decode step ms |", "|---|---|---|---|---|"]
+    for name, rows in d["step_costs"].items():
+        lines += [f"| {name} | {r['context']} | {r['batch_size']} | {_ms(r['latent_ms'])} | {_ms(r['decode_ms'])} |"
+                  for r in rows]
+    return lines
+
+
 def _alternatives_markdown(result: dict) -> list[str]:
-    """The trace-level, dtype, decode-graph, prefill, reference and backend sections (each only when its part ran)."""
+    """The trace-level, dtype, kernel, decode-graph, prefill, reference and backend sections (each only when its part
+    ran)."""
     lines = []
     if result.get("trace"):
         lines += ["", "## Trace level (latent_mas, same samples, interleaved)", "",
@@ -161,20 +184,8 @@ def _alternatives_markdown(result: dict) -> list[str]:
         for r in result["trace"]:
             lines.append(f"| {r['trace']} | {r['variant']} | {_ms(r['s_per_sample'])} | {r['over_none']:.3f} | "
                          f"{r['latent_steps_per_sample']:.1f} | {r['trace_bytes_per_sample']:.0f} |")
-    d = result.get("dtype")
-    if d:
-        ref, other = d["dtypes"][0], d["dtypes"][-1]
-        lines += ["", f"## Compute dtype: {ref} vs {other} (same samples, interleaved)", "",
-                  f"| variant | batch | {ref} samples/s | {other} samples/s | {other}/{ref} | same final text as {ref} |",
-                  "|---|---|---|---|---|---|"]
-        for r in d["end_to_end"]:
-            lines.append(f"| {r['variant']} | {r['batch_size']} | {r[ref]['samples_per_s']['median']:.3f} | "
-                         f"{r[other]['samples_per_s']['median']:.3f} | {r['speedup_' + other]:.2f} | "
-                         f"{r[other]['same_final_text_as_' + ref]:.0%} |")
-        lines += ["", "| dtype | context | batch | latent step ms | decode step ms |", "|---|---|---|---|---|"]
-        for name, rows in d["step_costs"].items():
-            lines += [f"| {name} | {r['context']} | {r['batch_size']} | {_ms(r['latent_ms'])} | {_ms(r['decode_ms'])} |"
-                      for r in rows]
+    lines += _two_ways_markdown(result.get("dtype"), "Compute dtype", "dtype")
+    lines += _two_ways_markdown(result.get("kernel"), "Linear kernel", "kernel")
     g = result.get("graph")
     if g:
         ref = g["graphs"][0]

@@ -307,7 +307,7 @@ def cli_main(argv: list[str]) -> int:
         source = "model"
         try:
             lm = load_model(args.model, dtype="float32", device=args.device, attn_implementation=None,
-                            require_chat_template=False)
+                            require_chat_template=False, linear_kernel="aten")  # no forward: nothing to pack
         except ModelLoadError as err:
             print(f"latentmas align: error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from latentmas.engine.packed_linear import pack_linears, resolve_linear_kernel
+
 log = logging.getLogger(__name__)
 
 # Fallback chat templates a user may name explicitly (config key ``chat_template``). Our own minimal jinja.
@@ -92,6 +94,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     decode_graph: str = "eager"  # engine/static_decode.py DECODE_GRAPHS: how text decode steps run
+    linear_kernel: str = "aten"  # engine/packed_linear.py: "onednn" once the linears were packed (resolved name)
 
     @property
     def decoder(self):
@@ -198,6 +201,7 @@ def load_model(
     attn_implementation: str | None = "sdpa",
     require_chat_template: bool = True,
     decode_graph: str = "eager",
+    linear_kernel: str = "auto",
 ) -> LoadedModel:
     """Load a model folder (or a Hub id, online) in eval mode.
 
@@ -206,6 +210,8 @@ def load_model(
     (conversion takes a minute; doing it per job would waste cluster time). On a CPU, ``sdpa`` means transformers'
     SDPA for prompts and :mod:`latentmas.engine.attention` for single-query steps. ``decode_graph``: eager (the exact
     reference loop), static or compiled (``torch.compile``; CUDA graphs on a GPU): docs/ENGINE.md, "Decode graphs".
+    ``linear_kernel``: auto | onednn | aten — whether the linears run through weights oneDNN packed once
+    (:mod:`latentmas.engine.packed_linear`; auto = on a CPU in float32, never under ``decode_graph: compiled``).
     """
     from latentmas.engine.static_decode import DECODE_GRAPHS
 
@@ -222,6 +228,7 @@ def load_model(
         log.info("%s is not a local folder: treating it as a Hub id", path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    kernel = _linear_kernel_for(linear_kernel, dev, dt, decode_graph)
     if dev.type == "cpu" and dt == torch.bfloat16 and not cpu_has_native_bf16():
         log.warning("dtype bfloat16 on a CPU without AMX-BF16 or AVX512-BF16: torch emulates it and it runs several "
                     "times slower than float32 here (docs/ENGINE.md, \"Compute dtype\"); set dtype: fastest or float32 "
@@ -248,8 +255,26 @@ def load_model(
         from latentmas.engine import attention
 
         model.set_attn_implementation(attention.register())
+    if kernel == "onednn":
+        pack_linears(model)
     return LoadedModel(model=model, tokenizer=tok, path=str(path), name=model_name_of(path), device=dev, dtype=dt,
-                       decode_graph=decode_graph)
+                       decode_graph=decode_graph, linear_kernel=kernel)
+
+
+def _linear_kernel_for(kernel: str, device: torch.device, dtype: torch.dtype, decode_graph: str) -> str:
+    """The resolved linear kernel, or a ModelLoadError naming the bad setting. ``torch.compile`` cannot trace
+    oneDNN's opaque packed weights, so ``auto`` keeps the plain linears under ``decode_graph: compiled`` and an
+    explicit ``onednn`` there is refused."""
+    try:
+        resolved = resolve_linear_kernel(kernel, device, dtype)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if resolved == "onednn" and decode_graph == "compiled":
+        if kernel == "onednn":
+            raise ModelLoadError("linear_kernel onednn cannot be combined with decode_graph compiled "
+                                 "(torch.compile cannot trace packed weights); use linear_kernel auto or aten")
+        return "aten"
+    return resolved
 
 
 def render_chat(tok, messages: list[dict[str, str]], think: bool | str | None = None) -> str:

@@ -122,6 +122,10 @@ def semantic_errors(cfg: dict) -> list:
         if t.get("n") is not None and t["n_shards"] > t["n"]:
             errs.append(f"config.tasks.{name}.n_shards: {t['n_shards']} shards for n={t['n']} items "
                         f"(some shards would be empty; use at most n)")
+    for name, m in models.items():
+        if m.get("linear_kernel") == "onednn" and m.get("decode_graph") == "compiled":
+            errs.append(f"config.models.{name}.linear_kernel: onednn cannot be combined with decode_graph compiled "
+                        f"(torch.compile cannot trace packed weights); use auto or aten")
     for i, c in enumerate(cfg.get("extra_cells", [])):
         where = f"config.extra_cells[{i}]"
         if c["model"] not in models:
@@ -311,6 +315,8 @@ def cell_settings(cfg: dict, cell: dict, shard: int, nshards: int) -> dict:
     s.update(think=dec["think"], dtype=m["dtype"], device=m["device"], trace=cfg["trace"])
     if m.get("decode_graph", "eager") != "eager":  # absent when eager: existing jobs' params stay unchanged
         s["decode_graph"] = m["decode_graph"]
+    if m.get("linear_kernel", "auto") != "auto":  # likewise absent when auto
+        s["linear_kernel"] = m["linear_kernel"]
     if backend_of(cfg, cell["model"]) == "vllm":  # absent for hf: hf jobs' params are unchanged by this option
         s["backend"] = "vllm"
         s.update({f"vllm_{k}": v for k, v in cfg["vllm"].items() if v is not None})
@@ -335,6 +341,7 @@ RUN_OPTIONS = {"task": "--task", "method": "--method", "arch": "--arch", "latent
                "prompt_style": "--prompt-style", "chat_template": "--chat-template",
                "max_new_tokens": "--max-new-tokens", "agent_max_new_tokens": "--agent-max-new-tokens",
                "think": "--think", "dtype": "--dtype", "device": "--device", "decode_graph": "--decode-graph",
+               "linear_kernel": "--linear-kernel",
                "trace": "--trace", "mapper": "--mapper",
                "keep_fraction": "--keep-fraction", "keep_rule": "--keep-rule", "memory_scope": "--memory-scope",
                "realign": None, "greedy": None, "no_transfer": None, "single_matched": None,

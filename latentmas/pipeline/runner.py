@@ -40,6 +40,7 @@ from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput
 from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
 from latentmas.engine.static_decode import DECODE_GRAPHS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
+from latentmas.engine.packed_linear import LINEAR_KERNELS
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults, vllm_defaults
 from latentmas.pipeline.identity import CellSpec, sample_seed
 from latentmas.records import RecordWriter, repair
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decode-graph", default="eager", choices=DECODE_GRAPHS,
                     help="HF text decode steps: eager (the exact reference), static (preallocated cache, fixed "
                          "shapes) or compiled (static + torch.compile; CUDA graphs on a GPU): docs/ENGINE.md")
+    ap.add_argument("--linear-kernel", default="auto", choices=LINEAR_KERNELS,
+                    help="linears through weights oneDNN packed once (onednn), or plain PyTorch (aten); auto = onednn "
+                         "on a CPU in float32 (docs/ENGINE.md, \"Packed linears\")")
     ap.add_argument("--backend", default="hf", choices=BACKENDS,
                     help="hf = our transformers loop (the reference); vllm = vLLM decodes (docs/ENGINE.md)")
     add_vllm_options(ap)
@@ -333,6 +337,8 @@ def _record_maker(args: argparse.Namespace, spec: CellSpec, cfg_hash: str, sampl
     versions = {"latentmas": __version__, "torch": torch.__version__, "python": platform.python_version(),
                 "transformers": transformers.__version__}
     device_desc = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"cpu ({platform.machine()})"
+    if lm.linear_kernel != "aten":  # the kernel changes numbers by reduction order only: named, not hashed
+        device_desc += f", {lm.linear_kernel} linears"
     index_of = {r["id"]: i for i, r in enumerate(records)}
     base = {k: v for k, v in asdict(spec).items() if k not in {"topology_digest", "n"}}
 
@@ -447,7 +453,7 @@ def open_backend(args: argparse.Namespace, backoff):
         from latentmas.engine.models import load_model
 
         lm = load_model(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template,
-                        decode_graph=args.decode_graph)
+                        decode_graph=args.decode_graph, linear_kernel=args.linear_kernel)
         return HFBackend(lm, args.batch_size, backoff)
     from latentmas.engine.backends import vllm as vb
 

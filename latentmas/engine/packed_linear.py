@@ -1,0 +1,82 @@
+"""Linear layers whose weights oneDNN reorders once, for the CPU's small-batch steps.
+
+Why: on a CPU, ``F.linear`` in float32 goes to MKL's sgemm, which re-reads (packs) the whole weight matrix on every
+call. For the few rows of a decode or latent step (batch 2-32) that costs more than the matmul: on the 2-core
+AVX2-only EPYC one batch-8 decode step of the demo model took 275 ms, of which the vocabulary head alone was
+~100 ms. oneDNN's linear with the weight reordered once into its blocked layout (the primitive inductor's CPU
+"freezing" uses: ``mkldnn._reorder_linear_weight`` + ``mkldnn._linear_pointwise``) runs the same step in 161 ms,
+and a batch-1 step in 97 instead of 144 ms (docs/ENGINE.md, "Packed linears"). The arithmetic is the same
+product; only the kernel's reduction order differs (max |Δ logits| ~5e-5 on a logit scale of ~17). oneDNN also
+keeps a row's result independent of how many rows share the call, which MKL does not.
+
+``linear_kernel`` (a ``load_model`` argument): ``aten`` leaves every ``nn.Linear`` alone (the plain-PyTorch
+reference); ``onednn`` packs; ``auto`` packs on a CPU in float32 (measured) and leaves bfloat16 and every other
+device alone: bf16 packing needs AVX512-BW/VL/DQ or AVX-NE-CONVERT and is unmeasured on an AMX machine.
+"""
+from __future__ import annotations
+
+import torch
+
+LINEAR_KERNELS = ("auto", "onednn", "aten")
+ROW_HINT = 8  # the batch-row count oneDNN tunes the packed layout for: the demo's decode/latent batch
+
+
+def onednn_available(dtype: torch.dtype) -> bool:
+    """Whether this torch build and CPU can pack weights of ``dtype``."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``auto`` -> ``onednn`` on a CPU in float32, ``aten`` elsewhere; an explicit ``onednn`` the machine cannot run
+    is refused (one clear error before any work)."""
+    if kernel not in LINEAR_KERNELS:
+        raise ValueError(f"unknown linear kernel {kernel!r}; use one of {', '.join(LINEAR_KERNELS)}")
+    if kernel == "auto":
+        return "onednn" if device.type == "cpu" and dtype == torch.float32 and onednn_available(dtype) else "aten"
+    if kernel == "onednn" and (device.type != "cpu" or not onednn_available(dtype)):
+        raise ValueError(f"linear_kernel onednn needs a CPU whose oneDNN can pack {dtype} weights "
+                         f"(device {device.type}); use auto or aten")
+    return kernel
+
+
+class PackedLinear(torch.nn.Module):
+    """``y = x · Wᵀ + b`` through oneDNN with ``W`` reordered once. Drop-in for ``nn.Linear`` in inference.
+
+    ``keep_weight``: the output head keeps its plain ``weight`` (the latent lens, W_a and tied input embeddings read
+    it); inner layers drop it, so the model's memory does not double."""
+
+    def __init__(self, linear: torch.nn.Linear, keep_weight: bool):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # an opaque oneDNN tensor: kept as a plain attribute, not a buffer, so nothing iterates or moves it
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), ROW_HINT)
+        self.bias = linear.bias
+        if keep_weight:
+            self.weight = linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out]
+        if x.dtype != self.packed.dtype:  # e.g. the lens feeding float32 into a bf16 head: the plain path
+            raise TypeError(f"packed linear holds {self.packed.dtype} weights, got {x.dtype} input")
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def pack_linears(model: torch.nn.Module) -> int:
+    """Replace every ``nn.Linear`` of ``model`` by a :class:`PackedLinear` (in place); returns how many."""
+    head = model.get_output_embeddings()
+    count = 0
+    with torch.no_grad():
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(parent, name, PackedLinear(child, keep_weight=child is head))
+                    count += 1
+    return count
