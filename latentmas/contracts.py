@@ -29,10 +29,16 @@ ARCHS: tuple[str, ...] = ("sequential", "hierarchical")  # built-in topologies (
 MEMORY_POLICIES: tuple[str, ...] = ("all", "previous", "latent_only")
 STATUSES: tuple[str, ...] = ("ok", "failed")
 TOKEN_KINDS: tuple[str, ...] = ("prompt", "latent", "generated", "total")
+# how the HF model's linear layers run (latentmas/engine/packed_linear.py; docs/ENGINE.md, "Packed linears")
+LINEAR_KERNELS: tuple[str, ...] = ("auto", "onednn", "aten")
+# torch.compile cannot trace oneDNN's opaque packed tensors: the one message every layer meeting the pair uses
+COMPILED_CONFLICT = ("linear_kernel onednn cannot be combined with decode_graph compiled (torch.compile cannot trace "
+                     "packed weights); use linear_kernel auto or aten")
 
 # the enum each config-schema placeholder ``{$enum: NAME}`` is replaced with (see inject_enums)
 ENUMS: dict[str, tuple[str, ...]] = {"tasks": TASK_NAMES, "methods": METHODS, "archs": ARCHS,
-                                     "memory_policies": MEMORY_POLICIES, "statuses": STATUSES}
+                                     "memory_policies": MEMORY_POLICIES, "statuses": STATUSES,
+                                     "linear_kernels": LINEAR_KERNELS}
 
 # ------------------------------------------------------------------------------------------------------ exit codes
 # every `latentmas` sub-command (README "Exit codes"): bad input is reported before any long work starts

@@ -34,13 +34,16 @@ def test_packed_linear_refuses_another_dtype():
         packed(torch.randn(2, 8, dtype=torch.float64))
 
 
-def test_load_model_packs_on_cpu_float32_and_keeps_the_head_weight(tiny_model_dir):
-    """auto on a CPU in float32 packs every linear; the head keeps its weight (tied to the input embedding in the
-    tiny qwen2 as in Qwen2.5-0.5B) and inner layers drop theirs; logits equal the plain model's."""
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # the tiny llama ties head and embedding, as Qwen2.5-0.5B does
+def test_load_model_packs_on_cpu_float32_and_keeps_the_head_weight(tiny_model_dir, arch):
+    """auto on a CPU in float32 packs every linear; the head keeps its weight (the very embedding tensor when tied,
+    so W_a's fingerprint, which detects tying, is unchanged) and inner layers drop theirs; logits equal the plain
+    model's."""
+    from latentmas.engine.alignment import weight_fingerprint
     from latentmas.engine.models import load_model
 
-    plain = load_model(str(tiny_model_dir("qwen2")), dtype="float32", device="cpu", linear_kernel="aten")
-    packed = load_model(str(tiny_model_dir("qwen2")), dtype="float32", device="cpu")
+    plain = load_model(str(tiny_model_dir(arch)), dtype="float32", device="cpu", linear_kernel="aten")
+    packed = load_model(str(tiny_model_dir(arch)), dtype="float32", device="cpu")
     assert (plain.linear_kernel, packed.linear_kernel) == ("aten", "onednn")
     n_linear = sum(type(m) is torch.nn.Linear for m in plain.model.modules())
     assert n_linear > 0 and not any(type(m) is torch.nn.Linear for m in packed.model.modules())
@@ -48,8 +51,9 @@ def test_load_model_packs_on_cpu_float32_and_keeps_the_head_weight(tiny_model_di
     head = packed.model.get_output_embeddings()
     assert isinstance(head, PackedLinear)
     assert torch.equal(head.weight, plain.model.get_output_embeddings().weight)
-    if plain.model.config.tie_word_embeddings:
-        assert head.weight is packed.model.get_input_embeddings().weight
+    tied = plain.model.get_output_embeddings().weight is plain.model.get_input_embeddings().weight
+    assert tied == (arch == "llama") and tied == (head.weight is packed.model.get_input_embeddings().weight)
+    assert weight_fingerprint(packed.model) == weight_fingerprint(plain.model)
     assert not hasattr(packed.model.model.layers[0].mlp.up_proj, "weight")
     ids = torch.randint(0, plain.model.config.vocab_size, (3, 9))
     with torch.no_grad():
@@ -85,10 +89,21 @@ def test_greedy_answers_equal_plain_linears(tiny_model_dir, arch):
                     assert a["latent"]["norms"] == pytest.approx(b["latent"]["norms"], rel=1e-4)
 
 
-def test_auto_packs_only_where_measured_and_refuses_the_impossible():
+def test_auto_packs_only_where_measured_and_refuses_the_impossible(monkeypatch):
+    from latentmas.engine import packed_linear
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(packed_linear, "onednn_available", lambda dtype: True)  # as on an AMX machine
+    monkeypatch.setattr(packed_linear.platform, "machine", lambda: "x86_64")
     assert resolve_linear_kernel("auto", cpu, torch.float32) == "onednn"
     assert resolve_linear_kernel("auto", cpu, torch.bfloat16) == "aten"  # unmeasured on AMX: not packed by default
+    assert resolve_linear_kernel("auto", cpu, torch.float32, "compiled") == "aten"
+    with pytest.raises(ValueError, match="decode_graph compiled"):
+        resolve_linear_kernel("onednn", cpu, torch.float32, "compiled")
+    monkeypatch.setattr(packed_linear.platform, "machine", lambda: "aarch64")
+    assert resolve_linear_kernel("auto", cpu, torch.float32) == "aten"  # oneDNN on Arm: unmeasured
+    assert resolve_linear_kernel("onednn", cpu, torch.float32) == "onednn"  # asked for: allowed
+    monkeypatch.setattr(packed_linear, "onednn_available", lambda dtype: False)
     assert resolve_linear_kernel("auto", cuda, torch.float32) == "aten"
     assert resolve_linear_kernel("aten", cpu, torch.float32) == "aten"
     with pytest.raises(ValueError, match="needs a CPU"):
@@ -123,7 +138,7 @@ def test_config_passes_linear_kernel_to_jobs_only_when_set_and_refuses_compiled_
         cell = next(iter(experiment.expand_cells(c).values()))
         argv = experiment.run_args(experiment.cell_settings(c, cell, 1, 1), "d", "m", "data", None)
         assert (argv[argv.index("--linear-kernel") + 1] if "--linear-kernel" in argv else None) == want
-    with pytest.raises(ConfigError, match="config.models.m.linear_kernel: onednn cannot be combined"):
+    with pytest.raises(ConfigError, match="config.models.m.linear_kernel: linear_kernel onednn cannot be combined"):
         cfg(linear_kernel="onednn", decode_graph="compiled")
     with pytest.raises(ConfigError, match="linear_kernel"):
         cfg(linear_kernel="mkl")

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from latentmas.engine.kv import PREFILL_MODES, prefill_mode
-from latentmas.engine.packed_linear import LINEAR_KERNELS, onednn_available
+from latentmas.contracts import COMPILED_CONFLICT, LINEAR_KERNELS
+from latentmas.engine.packed_linear import onednn_available
 
 PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "kernel", "trace", "graph", "prefill")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
@@ -175,8 +176,10 @@ def cli_main(argv: list[str]) -> int:
             engine = _vllm_engine(args, resolve_dtype(args.dtype, torch.device("cuda")))
         lm = load_model(args.model, dtype=args.dtype, device=args.device, decode_graph=args.decode_graph,
                         linear_kernel=args.linear_kernel)
-        if "compiled" in _graphs(args, lm.device.type == "cuda") and lm.linear_kernel == "onednn":
-            raise ValueError("--decode-graphs compiled needs plain linears: add --linear-kernel aten")
+        if "graph" not in skip and "compiled" in _graphs(args, lm.device.type == "cuda") and \
+                lm.linear_kernel == "onednn":
+            raise ValueError(f"--decode-graphs compiled: the linears are packed ({COMPILED_CONFLICT}); add "
+                             f"--linear-kernel aten")
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
@@ -232,7 +235,8 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
                                                    settings, args.batch_size, args.repeats, mapper)
     other = None if "dtype" in skip else _other_dtype(args, lm)
     if other:
-        lm_b = load_model(args.model, dtype=other, device=str(lm.device))
+        lm_b = load_model(args.model, dtype=other, device=str(lm.device), decode_graph=lm.decode_graph,
+                          linear_kernel=_same_kernel(lm, other))
         models = {dtype_name(lm.dtype): run_lm,
                   dtype_name(lm_b.dtype): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
         mappers = dict(zip(models, (mapper, LatentMapper(al.target_norm, al.w_a, lm_b.device, lm_b.dtype))))
@@ -240,7 +244,8 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
         result["dtype"] = alternatives.model_compare(models, mappers, topologies, samples, dvs, settings,
                                                      args.batch_size, args.repeats, 512, args.step_repeats)
         del lm_b, models, mappers
-    if "kernel" not in skip and lm.device.type == "cpu" and onednn_available(lm.dtype):
+    if "kernel" not in skip and lm.device.type == "cpu" and onednn_available(lm.dtype) and \
+            lm.decode_graph != "compiled":
         result["kernel"] = _kernel_part(args, lm, run_lm, mapper, topologies, samples, first, settings)
     graphs = [] if "graph" in skip else _graphs(args, on_gpu)
     if len(graphs) > 1:
@@ -261,13 +266,21 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
     return result
 
 
+def _same_kernel(lm, dtype: str) -> str:
+    """The main model's linear kernel for a second model in ``dtype`` (the ``dtype`` part compares dtypes only),
+    or ``aten`` where oneDNN cannot pack that dtype."""
+    if lm.linear_kernel == "onednn" and not onednn_available(getattr(torch, dtype)):
+        return "aten"
+    return lm.linear_kernel
+
+
 def _kernel_part(args, lm, run_lm, mapper, topologies, samples, first, settings) -> dict:
     """Plain linears (aten, the reference) vs oneDNN-packed ones: the same model loaded the other way beside the
     main one, interleaved (the numbers behind ``linear_kernel: auto``)."""
     from latentmas.bench import alternatives, measure
     from latentmas.engine.models import dtype_name, load_model
 
-    other = load_model(args.model, dtype=dtype_name(lm.dtype), device=str(lm.device),
+    other = load_model(args.model, dtype=dtype_name(lm.dtype), device=str(lm.device), decode_graph=lm.decode_graph,
                        linear_kernel="aten" if lm.linear_kernel == "onednn" else "onednn")
     if args.ignore_eos:
         other = measure.without_eos(other)

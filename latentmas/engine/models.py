@@ -211,7 +211,7 @@ def load_model(
     SDPA for prompts and :mod:`latentmas.engine.attention` for single-query steps. ``decode_graph``: eager (the exact
     reference loop), static or compiled (``torch.compile``; CUDA graphs on a GPU): docs/ENGINE.md, "Decode graphs".
     ``linear_kernel``: auto | onednn | aten — whether the linears run through weights oneDNN packed once
-    (:mod:`latentmas.engine.packed_linear`; auto = on a CPU in float32, never under ``decode_graph: compiled``).
+    (:mod:`latentmas.engine.packed_linear`; auto = on an x86-64 CPU in float32, never under ``decode_graph: compiled``).
     """
     from latentmas.engine.static_decode import DECODE_GRAPHS
 
@@ -262,19 +262,11 @@ def load_model(
 
 
 def _linear_kernel_for(kernel: str, device: torch.device, dtype: torch.dtype, decode_graph: str) -> str:
-    """The resolved linear kernel, or a ModelLoadError naming the bad setting. ``torch.compile`` cannot trace
-    oneDNN's opaque packed weights, so ``auto`` keeps the plain linears under ``decode_graph: compiled`` and an
-    explicit ``onednn`` there is refused."""
+    """The resolved linear kernel, or a ModelLoadError naming the bad setting."""
     try:
-        resolved = resolve_linear_kernel(kernel, device, dtype)
+        return resolve_linear_kernel(kernel, device, dtype, decode_graph)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
-    if resolved == "onednn" and decode_graph == "compiled":
-        if kernel == "onednn":
-            raise ModelLoadError("linear_kernel onednn cannot be combined with decode_graph compiled "
-                                 "(torch.compile cannot trace packed weights); use linear_kernel auto or aten")
-        return "aten"
-    return resolved
 
 
 def render_chat(tok, messages: list[dict[str, str]], think: bool | str | None = None) -> str:

@@ -10,14 +10,17 @@ product; only the kernel's reduction order differs (max |Δ logits| ~5e-5 on a l
 keeps a row's result independent of how many rows share the call, which MKL does not.
 
 ``linear_kernel`` (a ``load_model`` argument): ``aten`` leaves every ``nn.Linear`` alone (the plain-PyTorch
-reference); ``onednn`` packs; ``auto`` packs on a CPU in float32 (measured) and leaves bfloat16 and every other
-device alone: bf16 packing needs AVX512-BW/VL/DQ or AVX-NE-CONVERT and is unmeasured on an AMX machine.
+reference); ``onednn`` packs; ``auto`` packs on an x86-64 CPU in float32 (measured) and leaves bfloat16, other CPU
+architectures and every other device alone: bf16 packing needs AVX512-BW/VL/DQ or AVX-NE-CONVERT and is unmeasured
+on an AMX machine; oneDNN on Arm (ACL) is unmeasured too.
 """
 from __future__ import annotations
 
+import platform
+
 import torch
 
-LINEAR_KERNELS = ("auto", "onednn", "aten")
+from latentmas.contracts import COMPILED_CONFLICT, LINEAR_KERNELS
 ROW_HINT = 8  # the batch-row count oneDNN tunes the packed layout for: the demo's decode/latent batch
 
 
@@ -32,16 +35,21 @@ def onednn_available(dtype: torch.dtype) -> bool:
     return False
 
 
-def resolve_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype) -> str:
-    """``auto`` -> ``onednn`` on a CPU in float32, ``aten`` elsewhere; an explicit ``onednn`` the machine cannot run
-    is refused (one clear error before any work)."""
+def resolve_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype, decode_graph: str = "eager") -> str:
+    """``auto`` -> ``onednn`` on an x86-64 CPU in float32 (not under ``decode_graph: compiled``), ``aten``
+    elsewhere; an explicit ``onednn`` the machine or the graph cannot run is refused (one clear error before any
+    work)."""
     if kernel not in LINEAR_KERNELS:
         raise ValueError(f"unknown linear kernel {kernel!r}; use one of {', '.join(LINEAR_KERNELS)}")
     if kernel == "auto":
-        return "onednn" if device.type == "cpu" and dtype == torch.float32 and onednn_available(dtype) else "aten"
+        measured = device.type == "cpu" and platform.machine().lower() in ("x86_64", "amd64") and \
+            dtype == torch.float32 and decode_graph != "compiled"
+        return "onednn" if measured and onednn_available(dtype) else "aten"
     if kernel == "onednn" and (device.type != "cpu" or not onednn_available(dtype)):
         raise ValueError(f"linear_kernel onednn needs a CPU whose oneDNN can pack {dtype} weights "
                          f"(device {device.type}); use auto or aten")
+    if kernel == "onednn" and decode_graph == "compiled":
+        raise ValueError(COMPILED_CONFLICT)
     return kernel
 
 
@@ -49,7 +57,8 @@ class PackedLinear(torch.nn.Module):
     """``y = x · Wᵀ + b`` through oneDNN with ``W`` reordered once. Drop-in for ``nn.Linear`` in inference.
 
     ``keep_weight``: the output head keeps its plain ``weight`` (the latent lens, W_a and tied input embeddings read
-    it); inner layers drop it, so the model's memory does not double."""
+    it), so the head is held twice (vocab × hidden × 4 bytes more: 545 MB for the demo model); inner layers drop
+    theirs, so the rest of the model is not held twice."""
 
     def __init__(self, linear: torch.nn.Linear, keep_weight: bool):
         super().__init__()

@@ -33,11 +33,10 @@ def compiled_forward(model):
     default elsewhere. ``dynamic=False``: every (batch, bucket) shape gets its own specialised graph."""
     fn = getattr(model, "_latentmas_compiled_forward", None)
     if fn is None:
-        from latentmas.engine.packed_linear import PackedLinear
+        from latentmas.engine.packed_linear import COMPILED_CONFLICT, PackedLinear
 
-        if any(isinstance(m, PackedLinear) for m in model.modules()):
-            raise ValueError("decode_graph compiled needs plain linears: torch.compile cannot trace oneDNN's packed "
-                             "weights; load the model with linear_kernel aten (auto does so under compiled)")
+        if any(isinstance(m, PackedLinear) for m in model.modules()):  # packed by a load without decode_graph
+            raise ValueError(f"this model's linears are packed: {COMPILED_CONFLICT}")
         # a job meets a few buckets x (batch size, last partial batch) shapes; dynamo's default limit of 8 graphs
         # per function would silently fall back to eager past it
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

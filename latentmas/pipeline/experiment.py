@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from latentmas.contracts import CONFIG_SCHEMA as SCHEMA_PATH, TASK_NAMES, inject_enums
-from latentmas.contracts import control_name
+from latentmas.contracts import COMPILED_CONFLICT, control_name
 from latentmas.pipeline.defaults import LATENT_DEFAULTS, SAMPLING_KNOBS
 
 
@@ -124,8 +124,7 @@ def semantic_errors(cfg: dict) -> list:
                         f"(some shards would be empty; use at most n)")
     for name, m in models.items():
         if m.get("linear_kernel") == "onednn" and m.get("decode_graph") == "compiled":
-            errs.append(f"config.models.{name}.linear_kernel: onednn cannot be combined with decode_graph compiled "
-                        f"(torch.compile cannot trace packed weights); use auto or aten")
+            errs.append(f"config.models.{name}.linear_kernel: {COMPILED_CONFLICT}")
     for i, c in enumerate(cfg.get("extra_cells", [])):
         where = f"config.extra_cells[{i}]"
         if c["model"] not in models:

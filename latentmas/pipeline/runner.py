@@ -34,13 +34,13 @@ from latentmas import __version__
 from latentmas.contracts import EXIT_BAD_INPUT, RECORD_SCHEMA as RECORD_JSON_SCHEMA, check
 from latentmas.engine.backends import BACKENDS
 from latentmas.engine.decoding import DecodeSettings
-from latentmas.contracts import KEEP_RULES, MAPPERS, MEMORY_POLICIES, MEMORY_SCOPES, METHODS, control_name
+from latentmas.contracts import (KEEP_RULES, LINEAR_KERNELS, MAPPERS, MEMORY_POLICIES, MEMORY_SCOPES, METHODS,
+                                 control_name)
 from latentmas.engine.controls import MemoryControl
 from latentmas.engine.methods import MethodSettings, SampleInput, SampleOutput
 from latentmas.engine.lens import DEFAULT_TRACE, TRACE_LEVELS
 from latentmas.engine.static_decode import DECODE_GRAPHS
 from latentmas.engine.models import THINK_MODES, ModelLoadError
-from latentmas.engine.packed_linear import LINEAR_KERNELS
 from latentmas.pipeline.defaults import SAMPLING_KNOBS, run_defaults, vllm_defaults
 from latentmas.pipeline.identity import CellSpec, sample_seed
 from latentmas.records import RecordWriter, repair
@@ -462,4 +462,5 @@ def open_backend(args: argparse.Namespace, backoff):
         enable_prefix_caching=args.vllm_prefix_caching, max_model_len=args.vllm_max_model_len,
         cuda_visible_devices=args.vllm_cuda_visible_devices, cpu_kv_cache_gb=args.vllm_cpu_kv_cache_gb)
     return vb.open_backend(args.model, args.method, args.memory if args.method == "latent_mas" else None,
-                           args.dtype, args.device, args.chat_template, options, args.batch_size, backoff)
+                           args.dtype, args.device, args.chat_template, options, args.batch_size, backoff,
+                           linear_kernel=args.linear_kernel)

@@ -150,8 +150,9 @@ def tokenizer_only(path: str, dtype: torch.dtype, device: torch.device, chat_tem
 
 
 def open_backend(path: str, method: str, memory: str | None, dtype: str, device: str, chat_template: str | None,
-                 options: VLLMOptions, batch_size: int, backoff) -> "VLLMBackend":
-    """Checks first (seconds), then the engine, then the HF model where latent_mas needs it."""
+                 options: VLLMOptions, batch_size: int, backoff, linear_kernel: str = "auto") -> "VLLMBackend":
+    """Checks first (seconds), then the engine, then the HF model where latent_mas needs it (``linear_kernel``:
+    how that model's linears run, engine/packed_linear.py)."""
     from latentmas.engine.models import load_model, resolve_device, resolve_dtype
 
     check_supported(path, method, memory)
@@ -159,8 +160,10 @@ def open_backend(path: str, method: str, memory: str | None, dtype: str, device:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     llm = open_engine(path, dt, options, prompt_embeds_on=is_latent)
-    lm = load_model(path, dtype=dtype, device=device, chat_template=chat_template) if is_latent \
-        else tokenizer_only(path, dt, dev, chat_template)
+    if is_latent:
+        lm = load_model(path, dtype=dtype, device=device, chat_template=chat_template, linear_kernel=linear_kernel)
+    else:
+        lm = tokenizer_only(path, dt, dev, chat_template)
     return VLLMBackend(lm, llm, options, batch_size, backoff)
 
 
