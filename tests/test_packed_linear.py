@@ -123,25 +123,7 @@ def test_load_model_keeps_plain_linears_under_compiled_and_names_bad_requests(ti
         load_model(path, dtype="float32", device="cpu", linear_kernel="fast")
 
 
-def test_config_passes_linear_kernel_to_jobs_only_when_set_and_refuses_compiled_onednn():
-    """Catches the switch not reaching `latentmas run`, a default that adds a parameter to every existing job
-    (Snakemake would rerun them all), and an impossible pair left to fail inside a job."""
-    from latentmas.pipeline import experiment
-    from latentmas.pipeline.experiment import ConfigError
-
-    def cfg(**model):
-        return experiment.validate_config({"models": {"m": {"spec": "tiny:qwen2", **model}},
-                                           "tasks": {"gsm8k": {"n": 2}}, "methods": ["baseline"]})
-
-    for kernel, want in (("auto", None), ("aten", "aten"), ("onednn", "onednn")):
-        c = cfg(linear_kernel=kernel)
-        cell = next(iter(experiment.expand_cells(c).values()))
-        argv = experiment.run_args(experiment.cell_settings(c, cell, 1, 1), "d", "m", "data", None)
-        assert (argv[argv.index("--linear-kernel") + 1] if "--linear-kernel" in argv else None) == want
-    with pytest.raises(ConfigError, match="config.models.m.linear_kernel: linear_kernel onednn cannot be combined"):
-        cfg(linear_kernel="onednn", decode_graph="compiled")
-    with pytest.raises(ConfigError, match="linear_kernel"):
-        cfg(linear_kernel="mkl")
+# the config key reaching jobs (and refused with compiled graphs): tests/test_static_decode.py
 
 
 def test_runner_names_the_kernel_in_the_record_and_resumes_across_kernels(tiny_model_dir, tmp_path):

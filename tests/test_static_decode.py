@@ -106,21 +106,33 @@ def _cfg(**model):
                                        "methods": ["baseline"]})
 
 
-def test_config_passes_decode_graph_to_jobs_only_when_not_eager():
-    """Catches the switch not reaching `latentmas run`, and a default that adds a parameter to every existing job
+@pytest.mark.parametrize("key, option, values", [
+    ("decode_graph", "--decode-graph", (("eager", None), ("compiled", "compiled"))),
+    ("linear_kernel", "--linear-kernel", (("auto", None), ("aten", "aten"), ("onednn", "onednn")))])
+def test_config_passes_model_switches_to_jobs_only_when_not_default(key, option, values):
+    """Catches a switch not reaching `latentmas run`, and a default that adds a parameter to every existing job
     (Snakemake would rerun them all)."""
     from latentmas.pipeline import experiment
-    from latentmas.pipeline.experiment import ConfigError
 
-    for graph, want in (("eager", None), ("compiled", "compiled")):
-        cfg = _cfg(decode_graph=graph)
+    for value, want in values:
+        cfg = _cfg(**{key: value})
         cell = next(iter(experiment.expand_cells(cfg).values()))
         argv = experiment.run_args(experiment.cell_settings(cfg, cell, 1, 1), "d", "m", "data", None)
-        assert (argv[argv.index("--decode-graph") + 1] if "--decode-graph" in argv else None) == want
+        assert (argv[argv.index(option) + 1] if option in argv else None) == want
+
+
+def test_config_refuses_impossible_graph_settings():
+    """Each with one message naming the model's key, before any job starts."""
+    from latentmas.pipeline.experiment import ConfigError
+
     with pytest.raises(ConfigError, match="config.models.m.decode_graph: static is an HF-backend option"):
         _cfg(decode_graph="static", backend="vllm")
     with pytest.raises(ConfigError, match="decode_graph"):
         _cfg(decode_graph="cudagraph")
+    with pytest.raises(ConfigError, match="config.models.m.linear_kernel: linear_kernel onednn cannot be combined"):
+        _cfg(linear_kernel="onednn", decode_graph="compiled")
+    with pytest.raises(ConfigError, match="linear_kernel"):
+        _cfg(linear_kernel="mkl")
 
 
 def test_runner_records_the_decode_graph_in_the_cell_hash(tiny_model_dir, tmp_path, capsys):

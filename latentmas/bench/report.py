@@ -267,8 +267,8 @@ def figure(result: dict, path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     env = result["environment"]
-    fig.suptitle(f"{env['model']} · {env['device']} · {env['dtype']} · {env['threads']} threads · "
-                 f"commit {env['git_commit']}", fontsize=9)
+    fig.suptitle(f"{env['model']} · {env['device']} · {env['dtype']} · {env.get('linear_kernel', 'aten')} linears · "
+                 f"{env['threads']} threads · commit {env['git_commit']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
