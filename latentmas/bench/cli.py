@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from latentmas.engine.kv import PREFILL_MODES, prefill_mode
 from latentmas.contracts import COMPILED_CONFLICT, LINEAR_KERNELS
+from latentmas.engine.kv import PREFILL_MODES, prefill_mode
 from latentmas.engine.packed_linear import onednn_available
 
 PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "kernel", "trace", "graph", "prefill")

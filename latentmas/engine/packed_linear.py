@@ -1,13 +1,10 @@
 """Linear layers whose weights oneDNN reorders once, for the CPU's small-batch steps.
 
 Why: on a CPU, ``F.linear`` in float32 goes to MKL's sgemm, which re-reads (packs) the whole weight matrix on every
-call. For the few rows of a decode or latent step (batch 2-32) that costs more than the matmul: on the 2-core
-AVX2-only EPYC one batch-8 decode step of the demo model took 275 ms, of which the vocabulary head alone was
-~100 ms. oneDNN's linear with the weight reordered once into its blocked layout (the primitive inductor's CPU
-"freezing" uses: ``mkldnn._reorder_linear_weight`` + ``mkldnn._linear_pointwise``) runs the same step in 161 ms,
-and a batch-1 step in 97 instead of 144 ms (docs/ENGINE.md, "Packed linears"). The arithmetic is the same
-product; only the kernel's reduction order differs (max |Δ logits| ~5e-5 on a logit scale of ~17). oneDNN also
-keeps a row's result independent of how many rows share the call, which MKL does not.
+call. For the few rows of a decode or latent step (batch 2-32) that costs more than the matmul. oneDNN's linear with
+the weight reordered once into its blocked layout (the primitive inductor's CPU "freezing" uses:
+``mkldnn._reorder_linear_weight`` + ``mkldnn._linear_pointwise``) skips that; the products are the same, only the
+kernel's reduction order differs. The measurements live in docs/ENGINE.md, "Packed linears on the CPU".
 
 ``linear_kernel`` (a ``load_model`` argument): ``aten`` leaves every ``nn.Linear`` alone (the plain-PyTorch
 reference); ``onednn`` packs; ``auto`` packs on an x86-64 CPU in float32 (measured) and leaves bfloat16, other CPU
@@ -21,6 +18,7 @@ import platform
 import torch
 
 from latentmas.contracts import COMPILED_CONFLICT, LINEAR_KERNELS
+
 ROW_HINT = 8  # the batch-row count oneDNN tunes the packed layout for: the demo's decode/latent batch
 
 
@@ -70,7 +68,7 @@ class PackedLinear(torch.nn.Module):
             self.weight = linear.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out]
-        if x.dtype != self.packed.dtype:  # e.g. the lens feeding float32 into a bf16 head: the plain path
+        if x.dtype != self.packed.dtype:  # one message naming both dtypes instead of a oneDNN error
             raise TypeError(f"packed linear holds {self.packed.dtype} weights, got {x.dtype} input")
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
 

@@ -33,7 +33,8 @@ def compiled_forward(model):
     default elsewhere. ``dynamic=False``: every (batch, bucket) shape gets its own specialised graph."""
     fn = getattr(model, "_latentmas_compiled_forward", None)
     if fn is None:
-        from latentmas.engine.packed_linear import COMPILED_CONFLICT, PackedLinear
+        from latentmas.contracts import COMPILED_CONFLICT
+        from latentmas.engine.packed_linear import PackedLinear
 
         if any(isinstance(m, PackedLinear) for m in model.modules()):  # packed by a load without decode_graph
             raise ValueError(f"this model's linears are packed: {COMPILED_CONFLICT}")
