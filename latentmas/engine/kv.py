@@ -12,7 +12,8 @@ is **left-padded within the segment**, so the last column of a segment is always
   working-memory variants select on.
 
 Caches are used only through the transformers Cache API (``DynamicCache``, ``layer.keys``/``layer.values``,
-``update``); nothing indexes caches as tuples.
+``update``); nothing indexes caches as tuples. Plain layers are swapped for ``reserved_cache.ReservedLayer``:
+the same numbers, but a one-column append writes in place instead of copying the whole cache.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from latentmas.engine.reserved_cache import PLAIN_LAYERS, reserve_columns
 
 # Called after every segment appended by :func:`extend` with (agent, kind): one call per prompt, latent step or
 # generated token. Set by ``run_batch(progress=...)`` so a person can watch a long batch; None (default) costs nothing.
@@ -81,7 +83,7 @@ class SequenceBatch:
         from transformers import DynamicCache
 
         return cls(
-            cache=DynamicCache(config=model.config),
+            cache=reserve_columns(DynamicCache(config=model.config)),
             attention_mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
             next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
@@ -174,7 +176,7 @@ def _rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> list[int] | None:
         mode = "per_row" if mask.device.type == "cpu" else "padded"
     if mode not in PREFILL_MODES:
         raise ValueError(f"unknown prefill mode {mode!r}; use one of {', '.join(PREFILL_MODES)}")
-    if mode != "per_row" or not all(type(layer).__name__ == "DynamicLayer" for layer in batch.cache.layers):
+    if mode != "per_row" or not all(type(layer) in PLAIN_LAYERS for layer in batch.cache.layers):
         return None  # sliding-window, linear-attention or quantized layers keep the padded forward
     real = mask.sum(dim=1).tolist()  # [B]: one host sync per prompt segment
     return real if min(real) > 0 and min(real) < width else None  # a token in every row, and padding to skip
@@ -259,7 +261,7 @@ def keep_columns(model, batch: SequenceBatch, columns: list[int]) -> SequenceBat
                                   "use memory: all for this model")
     device = batch.attention_mask.device
     idx = torch.tensor(columns, dtype=torch.long, device=device)
-    new_cache = DynamicCache(config=model.config)
+    new_cache = reserve_columns(DynamicCache(config=model.config))
     for layer_idx, layer in enumerate(batch.cache.layers):
         if layer.keys is None or layer.keys.numel() == 0:
             continue
