@@ -46,6 +46,43 @@ def test_summary_names_values_and_targets():
     assert s["w_a_cached_load_s"]["met"] is True and "over_reference_samples_per_s" not in s
 
 
+def test_batch_scaling_bound_by_prompts():
+    """bound_by_prompts = batch 1's seconds per sample (all phases) over batch 8's prompt seconds per sample; catches
+    the bound taken from the wrong batch size or from the total instead of the prompt phase."""
+    r = _constructed()
+    for row in r["batch_scaling"]:
+        if row["variant"] == "latent_mas/sequential":
+            row["phases_s_per_sample"] = ({"prompt": 1.0, "latent": 0.5, "text": 2.0, "other": 0.5}
+                                          if row["batch_size"] == 1 else
+                                          {"prompt": 0.8, "latent": 0.1, "text": 0.3, "other": 0.1})
+    s = summarise(r, on_gpu=False)
+    assert s["batch8_over_batch1.latent_mas"]["bound_by_prompts"] == 5.0
+    assert "bound_by_prompts" not in s["batch8_over_batch1.baseline"]  # no phases timed for it
+
+
+def test_phase_clock_bills_each_interval_to_the_segment_that_ends_it(monkeypatch):
+    """Catches an interval billed to the next segment's kind (off by one), the tail after the last segment lost, or
+    seconds kept across runs wrongly (they accumulate; per_sample divides)."""
+    import torch
+
+    from latentmas.bench import measure
+
+    ticks = iter([0.0, 2.0, 2.5, 2.75, 4.0, 10.0, 11.0, 11.5])
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(ticks))
+    clock = measure.PhaseClock(torch.device("cpu"))
+
+    def fake_run_batch(label, progress=None):
+        for kind in ("prompt", "latent", "text"):
+            progress("agent", kind)
+        return label
+
+    assert clock.run(fake_run_batch, "first") == "first"  # marks at 0, 2, 2.5, 2.75, 4
+    assert clock.seconds == {"prompt": 2.0, "latent": 0.5, "text": 0.25, "other": 1.25}
+    clock.run(lambda progress=None: progress("agent", "prompt"))  # marks at 10, 11, 11.5
+    assert clock.seconds == {"prompt": 3.0, "latent": 0.5, "text": 0.25, "other": 1.75}
+    assert clock.per_sample(2) == {"prompt": 1.5, "latent": 0.25, "text": 0.125, "other": 0.875}
+
+
 def test_reference_ratio_only_when_timed():
     """Catches an over_reference entry invented without a reference timing, or computed against the wrong method."""
     r = _constructed()
@@ -84,6 +121,11 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     assert set(result["summary"]) == SUMMARY_NAMES  # no batch8_over_batch1.*: batch 8 was not in the scaling sizes
     lat = result["end_to_end"]["latent_mas/sequential"]
     assert lat["kv_bytes_handed_per_sample"] > 0 and lat["latent_steps_per_sample"] == 3 * 2
+    # phases: every row timed; only latent_mas thinks latently; text_mas decodes
+    txt = result["end_to_end"]["text_mas/sequential"]
+    assert lat["phases_s_per_sample"]["latent"] > 0 and txt["phases_s_per_sample"]["latent"] == 0
+    assert txt["phases_s_per_sample"]["text"] > 0 and lat["phases_s_per_sample"]["prompt"] > 0
+    assert all(set(r["phases_s_per_sample"]) == {"prompt", "latent", "text", "other"} for r in result["batch_scaling"])
     assert (out / "bench.md").read_text().startswith("# latentmas bench") and (out / "bench.png").stat().st_size
     # trace part: none writes nothing, summary something, full at least as much; same latent work in each
     trace = {r["trace"]: r for r in result["trace"]}
@@ -113,7 +155,7 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
         assert r["per_row"]["same_final_text_as_padded"] == 1.0 and 0 < r["prompt_pad_share"] < 1
     md = (out / "bench.md").read_text()
     assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md and "## Decode graphs" in md
-    assert "## Prompt prefill" in md and "## Linear kernel: aten vs onednn" in md
+    assert "## Prompt prefill" in md and "## Linear kernel: aten vs onednn" in md and "## Where the time goes" in md
 
 
 def test_bench_rejects_bad_parts_and_backends(tiny_model_dir, capsys):

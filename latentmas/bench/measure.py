@@ -67,6 +67,54 @@ class PeakMemory:
         return False
 
 
+PHASES = ("prompt", "latent", "text", "other")  # segment kinds of kv.extend, then everything between segments
+
+
+class PhaseClock:
+    """Where a run's time goes: seconds per segment kind (an agent's prompt, a latent step, a decoded token).
+
+    Passed to ``run_batch`` as its step hook (kv.STEP_HOOK fires after every appended segment): the interval since
+    the previous mark is billed to the kind of the segment that just ended, so a prompt's share includes rendering
+    and reading it, a token's share the pick and bookkeeping of its step; what follows the last segment of a batch
+    (copying tokens out, building records) is ``other``. Why: it shows which phase a batch size cannot speed up,
+    e.g. prompt prefill on a CPU, which costs the same per token at any batch size. On a GPU the marks are CUDA
+    events, so timing adds no host synchronisation to the run it measures."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._marks: list[tuple[str, object]] = []
+
+    def _now(self):
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def __call__(self, agent: str, kind: str) -> None:
+        self._marks.append((kind, self._now()))
+
+    def run(self, fn, *args, **kwargs):
+        """``fn(*args, progress=self, **kwargs)`` (run_batch's signature) with its time split into phases."""
+        self._marks = [("start", self._now())]
+        try:
+            return fn(*args, progress=self, **kwargs)
+        finally:
+            self._marks.append(("other", self._now()))
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        for (_, t0), (kind, t1) in zip(self._marks, self._marks[1:]):
+            self.seconds[kind] += t0.elapsed_time(t1) / 1e3 if self.device.type == "cuda" else t1 - t0
+        self._marks = []
+
+    def per_sample(self, samples: int) -> dict[str, float]:
+        return {k: round(v / samples, 4) for k, v in self.seconds.items()}
+
+
 # ----------------------------------------------------------------------------------------------- step costs
 def _prefilled(lm: LoadedModel, bsz: int, context: int, chunk: int = 512) -> tuple[SequenceBatch, torch.Tensor]:
     """A batch of ``bsz`` identical sequences of ``context`` real tokens (text tokens tiled), prefilled in chunks."""
@@ -179,9 +227,11 @@ def interleaved(runs: dict, samples: list[SampleInput], batch_size: int, repeats
     return {"walls": walls, "outs": outs, "peaks": peaks}
 
 
-def runner(lm: LoadedModel, topo, settings: MethodSettings, mapper):
-    """One method on one model as an :func:`interleaved` run."""
+def runner(lm: LoadedModel, topo, settings: MethodSettings, mapper, phases: PhaseClock | None = None):
+    """One method on one model as an :func:`interleaved` run; ``phases``, if given, accumulates its phase times."""
     def fn(batch):
+        if phases is not None:
+            return phases.run(run_batch, lm, topo, batch, settings, mapper)
         return run_batch(lm, topo, batch, settings, mapper)
 
     fn.device = lm.device
@@ -192,9 +242,11 @@ def end_to_end(lm: LoadedModel, topologies: dict, samples: list[SampleInput], vs
                batch_size: int, repeats: int, mapper) -> dict[str, dict]:
     """Every variant on the same samples, interleaved batch by batch (order rotated per batch and repeat);
     per variant: seconds per sample (median and spread over repeats), generated tokens per sample, peak memory,
-    KV bytes handed to the final agent (latent_mas). Warm-up: each variant once on one sample, 2 tokens."""
+    KV bytes handed to the final agent (latent_mas), seconds per sample in each phase (:class:`PhaseClock`, mean
+    over repeats). Warm-up: each variant once on one sample, 2 tokens."""
     per_pos = kv_bytes_per_position(lm)
-    runs = {v.key: runner(lm, topologies[v.arch], _method_settings(v, settings), mapper) for v in vs}
+    phases = {v.key: PhaseClock(lm.device) for v in vs}
+    runs = {v.key: runner(lm, topologies[v.arch], _method_settings(v, settings), mapper, phases[v.key]) for v in vs}
     warm = {v.key: runner(lm, topologies[v.arch], _method_settings(v, settings, warmup=True), mapper) for v in vs}
     got = interleaved(runs, samples, batch_size, repeats, warm)
     n = len(samples)
@@ -207,7 +259,8 @@ def end_to_end(lm: LoadedModel, topologies: dict, samples: list[SampleInput], vs
                          "s_per_sample": spread([w / n for w in wall]), "samples_per_s": spread([n / w for w in wall]),
                          "generated_tokens_per_sample": sum(x["generated_tokens"] for o in outs for x in o.agents) / n,
                          "latent_steps_per_sample": sum(x["latent_steps"] for o in outs for x in o.agents) / n,
-                         "peak_mem_mb": round(got["peaks"][v.key], 1), "kv_bytes_handed_per_sample": handed}
+                         "peak_mem_mb": round(got["peaks"][v.key], 1), "kv_bytes_handed_per_sample": handed,
+                         "phases_s_per_sample": phases[v.key].per_sample(n * repeats)}
     return result
 
 
@@ -219,9 +272,11 @@ def _method_settings(v: Variant, s: dict, warmup: bool = False) -> MethodSetting
 
 def batch_scaling(lm: LoadedModel, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
                   batch_sizes: list[int], repeats: int, mapper) -> list[dict]:
-    """samples/s per variant and batch size on the same samples; batch sizes and variants interleaved per repeat."""
+    """samples/s per variant and batch size on the same samples; batch sizes and variants interleaved per repeat;
+    seconds per sample in each phase (:class:`PhaseClock`, mean over repeats)."""
     cells = [(v, b) for b in batch_sizes for v in vs]
     walls = {(v.key, b): [] for v, b in cells}
+    phases = {(v.key, b): PhaseClock(lm.device) for v, b in cells}
     peaks = {(v.key, b): 0.0 for v, b in cells}
     for rep in range(repeats):
         order = cells[rep % len(cells):] + cells[:rep % len(cells)]
@@ -229,12 +284,14 @@ def batch_scaling(lm: LoadedModel, topologies: dict, samples: list[SampleInput],
             with PeakMemory(lm.device) as mem:
                 t0 = clock(lm.device)
                 for i in range(0, len(samples), b):
-                    run_batch(lm, topologies[v.arch], samples[i:i + b], _method_settings(v, settings), mapper)
+                    phases[(v.key, b)].run(run_batch, lm, topologies[v.arch], samples[i:i + b],
+                                           _method_settings(v, settings), mapper)
                 walls[(v.key, b)].append(clock(lm.device) - t0)
             peaks[(v.key, b)] = max(peaks[(v.key, b)], mem.peak_mb)
     n = len(samples)
     return [{"variant": v.key, "method": v.method, "arch": v.arch, "batch_size": b, "samples": n,
-             "samples_per_s": spread([n / w for w in walls[(v.key, b)]]), "peak_mem_mb": round(peaks[(v.key, b)], 1)}
+             "samples_per_s": spread([n / w for w in walls[(v.key, b)]]), "peak_mem_mb": round(peaks[(v.key, b)], 1),
+             "phases_s_per_sample": phases[(v.key, b)].per_sample(n * repeats)}
             for v, b in cells]
 
 

@@ -1,7 +1,8 @@
 """What ``latentmas bench`` writes: the environment stamp, the ``summary`` of target ratios, JSON, Markdown, figure.
 
 The summary names are fixed (docs/bench/latest.json and the README cite them); each entry is
-``{"value", "target", "met"}``. Targets come from the performance issue: a latent step ≤ 0.9 × a decode step,
+``{"value", "target", "met"}`` (``batch8_over_batch1.*`` add ``bound_by_prompts`` where phases were timed: the
+ratio batch 8 could reach if only its prompt reading cost time). Targets come from the performance issue: a latent step ≤ 0.9 × a decode step,
 latent_mas ≥ 4 × faster than text_mas with ≥ 70 % fewer generated tokens, batch 8 ≥ 2.5 × batch 1 (5 × on a GPU),
 a cached W_a load ≤ 1 s, ≥ 2 × the original implementation's samples/s.
 """
@@ -13,6 +14,8 @@ import subprocess
 from pathlib import Path
 
 import torch
+
+from latentmas.bench.measure import PHASES
 
 TARGETS = {"latent_step_over_decode_step": ("<=", 0.9), "text_over_latent_end_to_end": (">=", 4.0),
            "generated_token_reduction": (">=", 0.70), "w_a_cached_load_s": ("<=", 1.0),
@@ -73,6 +76,9 @@ def summarise(result: dict, on_gpu: bool) -> dict:
                 continue  # one entry per method: the first architecture measured
             s[f"batch8_over_batch1.{method}"] = _entry("batch8", by[(variant, 8)] / by[(variant, 1)],
                                                        5.0 if on_gpu else 2.5)
+            bound = _prompt_bound(scaling, variant)
+            if bound is not None:
+                s[f"batch8_over_batch1.{method}"]["bound_by_prompts"] = round(bound, 4)
     w_a = result.get("w_a") or {}
     if w_a.get("cached_load_s"):
         s["w_a_cached_load_s"] = _entry("w_a_cached_load_s", w_a["cached_load_s"]["median"])
@@ -80,6 +86,17 @@ def summarise(result: dict, on_gpu: bool) -> dict:
     if ratio is not None:
         s["over_reference_samples_per_s"] = _entry("over_reference_samples_per_s", ratio)
     return s
+
+
+def _prompt_bound(scaling: list[dict], variant: str) -> float | None:
+    """The most batch 8 could gain over batch 1 if everything but reading prompts were free at batch 8: batch 1's
+    seconds per sample over batch 8's prompt seconds per sample (both from the phase clock). Below the target, no
+    decode-loop work can meet it; only cheaper prompt reading can."""
+    phases = {r["batch_size"]: r.get("phases_s_per_sample") for r in scaling if r["variant"] == variant}
+    one, eight = phases.get(1), phases.get(8)
+    if not one or not eight or not eight.get("prompt"):
+        return None
+    return sum(one.values()) / eight["prompt"]
 
 
 def reference_rows(ref) -> list[dict]:
@@ -144,6 +161,7 @@ def markdown(result: dict) -> str:
             sp = r["samples_per_s"]
             lines.append(f"| {r['variant']} | {r['batch_size']} | {sp['median']:.3f} [{sp['min']:.3f}, "
                          f"{sp['max']:.3f}] | {r['peak_mem_mb']} |")
+    lines += _phases_markdown(result)
     lines += _alternatives_markdown(result)
     if result.get("w_a"):
         w = result["w_a"]
@@ -152,6 +170,25 @@ def markdown(result: dict) -> str:
                   f"cached load {w['cached_load_s']['median']:.3f} s (median of {w['cached_load_s']['n']})"]
     lines += ["", "Settings: `" + json.dumps(result["settings"]) + "`", ""]
     return "\n".join(lines)
+
+
+def _phases_markdown(result: dict) -> list[str]:
+    """Seconds per sample by phase for the end-to-end and batch-scaling rows (measure.PhaseClock)."""
+    rows = [("end to end", k, r) for k, r in (result.get("end_to_end") or {}).items()]
+    rows += [("scaling", r["variant"], r) for r in result.get("batch_scaling") or []]
+    rows = [(part, name, r) for part, name, r in rows if r.get("phases_s_per_sample")]
+    if not rows:
+        return []
+    lines = ["", "## Where the time goes (s/sample by phase, mean over repeats)", "",
+             "A phase is billed the time up to the end of each segment of its kind: `prompt` = rendering and reading "
+             "an agent's prompt, `latent` = a latent step, `text` = a decoded token with its pick, `other` = after "
+             "the last segment.", "", "| part | variant | batch | prompt | latent | text | other | total |",
+             "|---|---|---|---|---|---|---|---|"]
+    for part, name, r in rows:
+        p = r["phases_s_per_sample"]
+        lines.append(f"| {part} | {name} | {r['batch_size']} | " + " | ".join(f"{p[k]:.2f}" for k in PHASES)
+                     + f" | {sum(p.values()):.2f} |")
+    return lines
 
 
 def _two_ways_markdown(d: dict | None, title: str, label: str) -> list[str]:
