@@ -47,40 +47,51 @@ def test_summary_names_values_and_targets():
 
 
 def test_batch_scaling_bound_by_prompts():
-    """bound_by_prompts = batch 1's seconds per sample (all phases) over batch 8's prompt seconds per sample; catches
-    the bound taken from the wrong batch size or from the total instead of the prompt phase."""
+    """bound_by_prompts = batch 1's seconds per sample over batch 8's prompt seconds per sample; catches the bound
+    taken from the wrong batch size or from another phase."""
     r = _constructed()
     for row in r["batch_scaling"]:
         if row["variant"] == "latent_mas/sequential":
-            row["phases_s_per_sample"] = ({"prompt": 1.0, "latent": 0.5, "text": 2.0, "other": 0.5}
+            row["phases_s_per_sample"] = ({"prompt": 0.2, "latent": 0.5, "text": 1.0, "other": 0.3}
                                           if row["batch_size"] == 1 else
-                                          {"prompt": 0.8, "latent": 0.1, "text": 0.3, "other": 0.1})
-    s = summarise(r, on_gpu=False)
+                                          {"prompt": 0.4, "latent": 0.1, "text": 0.1, "other": 0.1})
+    s = summarise(r, on_gpu=False)  # batch 1: 0.5 samples/s = 2 s/sample; batch 8's prompts: 0.4 s/sample
     assert s["batch8_over_batch1.latent_mas"]["bound_by_prompts"] == 5.0
     assert "bound_by_prompts" not in s["batch8_over_batch1.baseline"]  # no phases timed for it
 
 
-def test_phase_clock_bills_each_interval_to_the_segment_that_ends_it(monkeypatch):
-    """Catches an interval billed to the next segment's kind (off by one), the tail after the last segment lost, or
-    seconds kept across runs wrongly (they accumulate; per_sample divides)."""
+def test_phase_clock_bills_forwards_to_their_kind_and_gaps_to_other(monkeypatch):
+    """Through kv's two hooks (segment starting, segment appended): catches gap time billed to a segment kind
+    (the prompt phase would then carry token picks and hand-offs), an interval billed to the next segment's kind,
+    the tail after the last segment lost, seconds not accumulated across runs, a failed run counted."""
+    import pytest
     import torch
 
     from latentmas.bench import measure
+    from latentmas.engine import kv
 
-    ticks = iter([0.0, 2.0, 2.5, 2.75, 4.0, 10.0, 11.0, 11.5])
+    ticks = iter([0.0, 1.0, 3.0, 3.5, 4.0, 4.25, 5.0, 10.0, 10.5, 11.5, 12.0, 12.25, 20.0, 21.0, 22.0])
     monkeypatch.setattr(measure.time, "perf_counter", lambda: next(ticks))
     clock = measure.PhaseClock(torch.device("cpu"))
 
-    def fake_run_batch(label, progress=None):
-        for kind in ("prompt", "latent", "text"):
+    def fake_run_batch(kinds, progress=None):
+        for kind in kinds:
+            kv.segment_starting()
             progress("agent", kind)
-        return label
+        if "boom" in kinds:
+            raise ValueError("boom")
+        return len(kinds)
 
-    assert clock.run(fake_run_batch, "first") == "first"  # marks at 0, 2, 2.5, 2.75, 4
-    assert clock.seconds == {"prompt": 2.0, "latent": 0.5, "text": 0.25, "other": 1.25}
-    clock.run(lambda progress=None: progress("agent", "prompt"))  # marks at 10, 11, 11.5
-    assert clock.seconds == {"prompt": 3.0, "latent": 0.5, "text": 0.25, "other": 1.75}
-    assert clock.per_sample(2) == {"prompt": 1.5, "latent": 0.25, "text": 0.125, "other": 0.875}
+    # marks: start 0, [1 prompt 3], [3.5 latent 4], [4.25 text 5], end 10
+    assert clock.run(fake_run_batch, ("prompt", "latent", "text")) == 3
+    assert clock.seconds == {"prompt": 2.0, "latent": 0.5, "text": 0.75, "other": 6.75}
+    assert clock.run(fake_run_batch, ("prompt",)) == 1  # start 10.5, [11.5 prompt 12], end 12.25
+    assert clock.seconds == {"prompt": 2.5, "latent": 0.5, "text": 0.75, "other": 8.0}
+    assert clock.per_sample(2) == {"prompt": 1.25, "latent": 0.25, "text": 0.375, "other": 4.0}
+    with pytest.raises(ValueError):
+        clock.run(fake_run_batch, ("boom",))
+    assert clock.seconds["other"] == 8.0 and "boom" not in clock.seconds  # a failed run adds nothing
+    assert kv.SEGMENT_START.get() is None  # the hook is unset after every run
 
 
 def test_reference_ratio_only_when_timed():

@@ -68,6 +68,8 @@ def test_replaced_keys_are_adopted(operation):
     for k, v in appends[:10]:
         plain.update(k, v)
         reserved.update(k, v)
+    held = reserved.keys  # a view from before the replacement: appends after it must not write into it
+    held_copy = held.clone()
     for layer in (plain, reserved):
         if operation == "crop":
             layer.crop(-4)
@@ -79,6 +81,16 @@ def test_replaced_keys_are_adopted(operation):
         pk, pv = plain.update(k, v)
         rk, rv = reserved.update(k, v)
     assert torch.equal(rk, pk) and torch.equal(rv, pv)
+    assert torch.equal(held, held_copy)
+
+
+def test_reset_forgets_the_buffers():
+    layer = ReservedLayer()
+    layer.update(torch.randn(1, 1, 4, 2), torch.randn(1, 1, 4, 2))
+    layer.reset()
+    k, v = torch.randn(2, 1, 3, 2), torch.randn(2, 1, 3, 2)
+    keys, values = layer.update(k, v)
+    assert torch.equal(keys, k) and torch.equal(values, v)
 
 
 def test_sequence_batches_reserve_and_keep_per_row_prefill(tiny_lm):
@@ -117,7 +129,9 @@ def test_run_batch_equals_plain_dynamic_cache(tiny_lm, monkeypatch, arch):
     from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
     from latentmas.engine.topology import load_topology
 
-    lm = tiny_lm(arch)
+    from latentmas.bench.measure import without_eos
+
+    lm = without_eos(tiny_lm(arch))  # every decode runs past CHUNK columns, so the buffers grow mid-decode
     al = compute_alignment(lm.model)
     mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
     samples = [SampleInput(f"s{i}", q, "Answer.", i) for i, q in enumerate(["2+2?", "A longer question here?", "Hi"])]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from latentmas.engine.decoding import DecodeSettings, pick_tokens
-from latentmas.engine.kv import SequenceBatch, extend
+from latentmas.engine.kv import SEGMENT_START, SequenceBatch, extend
 from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
 from latentmas.engine.models import LoadedModel
 
@@ -71,14 +71,13 @@ PHASES = ("prompt", "latent", "text", "other")  # segment kinds of kv.extend, th
 
 
 class PhaseClock:
-    """Where a run's time goes: seconds per segment kind (an agent's prompt, a latent step, a decoded token).
+    """Where a run's time goes: seconds inside the forwards of each segment kind (an agent's prompt, a latent step,
+    a decoded token) and ``other`` for everything between them (rendering prompts, picking tokens, hand-offs,
+    copying results out). Why: it shows which phase a batch size cannot speed up, e.g. prompt prefill on a CPU, which
+    costs the same per token at any batch size.
 
-    Passed to ``run_batch`` as its step hook (kv.STEP_HOOK fires after every appended segment): the interval since
-    the previous mark is billed to the kind of the segment that just ended, so a prompt's share includes rendering
-    and reading it, a token's share the pick and bookkeeping of its step; what follows the last segment of a batch
-    (copying tokens out, building records) is ``other``. Why: it shows which phase a batch size cannot speed up,
-    e.g. prompt prefill on a CPU, which costs the same per token at any batch size. On a GPU the marks are CUDA
-    events, so timing adds no host synchronisation to the run it measures."""
+    Each forward is bracketed by kv.SEGMENT_START (before) and kv.STEP_HOOK (after, as ``run_batch``'s progress
+    hook). On a GPU the marks are CUDA events, so the run gains no host synchronisation until it returns."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -88,21 +87,31 @@ class PhaseClock:
     def _now(self):
         if self.device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 
-    def __call__(self, agent: str, kind: str) -> None:
+    def __call__(self, agent: str, kind: str) -> None:  # a segment's forward ended: the interval is its kind's
         self._marks.append((kind, self._now()))
 
+    def _segment_starts(self) -> None:  # the interval since the last forward ended is other work
+        self._marks.append(("other", self._now()))
+
     def run(self, fn, *args, **kwargs):
-        """``fn(*args, progress=self, **kwargs)`` (run_batch's signature) with its time split into phases."""
+        """``fn(*args, progress=self, **kwargs)`` (run_batch's signature) with its time split into phases; a run
+        that raises adds nothing."""
+        token = SEGMENT_START.set(self._segment_starts)
         self._marks = [("start", self._now())]
         try:
-            return fn(*args, progress=self, **kwargs)
+            out = fn(*args, progress=self, **kwargs)
+        except BaseException:
+            self._marks = []
+            raise
         finally:
-            self._marks.append(("other", self._now()))
-            self._settle()
+            SEGMENT_START.reset(token)
+        self._marks.append(("other", self._now()))
+        self._settle()
+        return out
 
     def _settle(self) -> None:
         if self.device.type == "cuda":

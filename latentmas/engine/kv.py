@@ -31,6 +31,16 @@ from latentmas.engine.reserved_cache import PLAIN_LAYERS, reserve_columns
 # Called after every segment appended by :func:`extend` with (agent, kind): one call per prompt, latent step or
 # generated token. Set by ``run_batch(progress=...)`` so a person can watch a long batch; None (default) costs nothing.
 STEP_HOOK: contextvars.ContextVar[Callable[[str, str], None] | None] = contextvars.ContextVar("STEP_HOOK", default=None)
+# Called with no arguments just before every segment's forward (here and in the static decode step), so that with
+# STEP_HOOK after it a profiler brackets each forward (the bench's PhaseClock). None (default) costs nothing.
+SEGMENT_START: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("SEGMENT_START",
+                                                                                           default=None)
+
+
+def segment_starting() -> None:
+    hook = SEGMENT_START.get()
+    if hook is not None:
+        hook()
 
 
 # How a padded multi-token segment (an agent's prompt) is computed. ``padded``: one forward over ``[B, S]``, pad
@@ -131,6 +141,7 @@ def extend(
     state at one position, not vocabulary logits. ``want="logits"`` runs the LM head on the last position only.
     ``position_shift`` exists solely so ``check-model`` can prove it detects a broken hand-off.
     """
+    segment_starting()
     offset = (mask.cumsum(dim=1) - 1).clamp(min=0)
     position_ids = batch.next_position[:, None] + offset + position_shift
     full_mask = torch.cat([batch.attention_mask, mask], dim=1)

@@ -2,8 +2,7 @@
 
 Why: transformers' ``DynamicLayer`` appends with ``torch.cat``, so every one-column step allocates each layer's
 keys and values anew and copies everything cached so far: O(context) memory traffic per step per layer, plus the page
-faults of a fresh allocation on a CPU. Profiled on the demo model (float32, 2-core AVX2 CPU, context 600, batch 8):
-``aten::cat`` was 19% of a decode step (docs/ENGINE.md, "Reserved cache columns"). A :class:`ReservedLayer` holds
+faults of a fresh allocation on a CPU (measured: docs/ENGINE.md, "Reserved cache columns"). A :class:`ReservedLayer` holds
 each layer's keys/values in a buffer with up to :data:`CHUNK` spare columns; an append writes in place and
 ``keys``/``values`` are views of the filled columns. Every reader (attention, :mod:`latentmas.engine.kv`'s column
 selections, the static decode's copy, the controls) sees ``[B, H, T, D]`` tensors holding the same numbers as a
@@ -11,7 +10,8 @@ selections, the static decode's copy, the controls) sees ``[B, H, T, D]`` tensor
 
 Views stay valid: columns past a view's end are the only ones ever written later. Code that replaces ``keys`` or
 ``values`` itself (transformers' ``crop``, ``batch_select_indices``, offloading) is detected and the replacement is
-adopted as the new content on the next append.
+adopted as the new content on the next append. Not supported: two layer objects sharing one buffer (a shallow
+``copy.copy`` of a layer or cache), whose appends would overwrite each other's columns; nothing here copies so.
 """
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ CHUNK = 128  # spare columns per growth: at most CHUNK unused columns per layer;
 class ReservedLayer(DynamicLayer):
     """A ``DynamicLayer`` whose appends write into reserved columns (see the module docstring)."""
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # [B, H, capacity, D] each
         self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # what keys/values were set to last
+
+    def reset(self) -> None:
+        super().reset()
+        self._adopt()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args,
                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,11 +59,12 @@ class ReservedLayer(DynamicLayer):
     def _fits(self, key_states: torch.Tensor, value_states: torch.Tensor, end: int) -> bool:
         if self._buffers is None:
             return False
+        def same(buf: torch.Tensor, new: torch.Tensor) -> bool:  # all but the column count
+            return (buf.shape[:2] == new.shape[:2] and buf.shape[3:] == new.shape[3:] and buf.dtype == new.dtype
+                    and buf.device == new.device)
+
         k_buf, v_buf = self._buffers
-        same = (k_buf.shape[:2] == key_states.shape[:2] and k_buf.shape[3:] == key_states.shape[3:]
-                and v_buf.shape[3:] == value_states.shape[3:] and k_buf.dtype == key_states.dtype
-                and k_buf.device == key_states.device)
-        return same and end <= k_buf.shape[2]
+        return same(k_buf, key_states) and same(v_buf, value_states) and end <= k_buf.shape[2]
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, filled: int, end: int) -> None:
         """New buffers with ``CHUNK`` spare columns past ``end``, holding the ``filled`` columns cached so far."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from latentmas.engine.kv import STEP_HOOK, SequenceBatch, _cache_kwarg, _has_sliding_layers
+from latentmas.engine.kv import STEP_HOOK, SequenceBatch, _cache_kwarg, _has_sliding_layers, segment_starting
 
 DECODE_GRAPHS = ("eager", "static", "compiled")
 BUCKET = 256  # static cache columns are a multiple of this: one compiled graph per (batch size, bucket)
@@ -71,6 +71,7 @@ class StaticDecodeStep:
     def __call__(self, feed: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         if self.column >= self.mask.shape[1]:
             raise RuntimeError("static decode ran past its preallocated cache")
+        segment_starting()
         on = active.long()
         self.mask[:, self.column] = on
         positions = self.batch.next_position[:, None]  # [B, 1]: a pad step reuses the position, as in eager
