@@ -58,6 +58,12 @@ def test_batch_scaling_bound_by_prompts():
     s = summarise(r, on_gpu=False)  # batch 1: 0.5 samples/s = 2 s/sample; batch 8's prompts: 0.4 s/sample
     assert s["batch8_over_batch1.latent_mas"]["bound_by_prompts"] == 5.0
     assert "bound_by_prompts" not in s["batch8_over_batch1.baseline"]  # no phases timed for it
+    from latentmas.bench.report import markdown
+
+    env = {"model": "m", "device": "cpu", "device_name": "x", "dtype": "float32", "threads": 2, "torch": "t",
+           "transformers": "t", "git_commit": "c"}
+    md = markdown({"environment": env, "summary": s, "settings": {}})
+    assert "| `batch8_over_batch1.latent_mas` | 3.0 | 2.5 | True | 5.0 |" in md  # the bound shown beside the ratio
 
 
 def test_phase_clock_bills_forwards_to_their_kind_and_gaps_to_other(monkeypatch):

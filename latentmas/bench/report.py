@@ -137,9 +137,9 @@ def markdown(result: dict) -> str:
              f"{env['device']} ({env['device_name']}), {env['dtype']}, {env.get('linear_kernel', 'aten')} linears, "
              f"{env['threads']} threads, torch {env['torch']},"
              f" transformers {env['transformers']}, commit {env['git_commit']}", "", "## Summary", "",
-             "| ratio | value | target | met |", "|---|---|---|---|"]
+             "| ratio | value | target | met | bound by prompts |", "|---|---|---|---|---|"]
     for name, e in result["summary"].items():
-        lines.append(f"| `{name}` | {e['value']} | {e['target']} | {e['met']} |")
+        lines.append(f"| `{name}` | {e['value']} | {e['target']} | {e['met']} | {e.get('bound_by_prompts', '')} |")
     if result.get("step_costs"):
         lines += ["", "## Step costs (ms, median [min, max])", "",
                   "| context | batch | latent step | decode step | latent/decode |", "|---|---|---|---|---|"]
