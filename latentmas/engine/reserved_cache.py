@@ -1,9 +1,10 @@
 """Cache layers that keep spare columns, so appending a decode or latent step does not copy the whole cache.
 
 Why: transformers' ``DynamicLayer`` appends with ``torch.cat``, so every one-column step allocates each layer's
-keys and values anew and copies everything cached so far: O(context) memory traffic per step per layer, plus the page
-faults of a fresh allocation on a CPU (measured: docs/ENGINE.md, "Reserved cache columns"). A :class:`ReservedLayer` holds
-each layer's keys/values in a buffer with up to :data:`CHUNK` spare columns; an append writes in place and
+keys and values anew and copies everything cached so far: O(context) memory traffic per step per layer, plus the
+page faults of a fresh allocation on a CPU (measured: docs/ENGINE.md, "Reserved cache columns"). A
+:class:`ReservedLayer` holds each layer's keys/values in a buffer with up to :data:`CHUNK` spare columns; an
+append writes in place and
 ``keys``/``values`` are views of the filled columns. Every reader (attention, :mod:`latentmas.engine.kv`'s column
 selections, the static decode's copy, the controls) sees ``[B, H, T, D]`` tensors holding the same numbers as a
 ``DynamicLayer``'s; only the storage has room to grow. A copy happens once per ``CHUNK`` appended columns.
