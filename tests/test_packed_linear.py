@@ -2,7 +2,7 @@
 
 Each test catches a way packing can go wrong and still run: the bias dropped, the weight used transposed, the
 output head losing the ``weight`` the lens / W_a / tied embeddings read, a packed model whose greedy answers drift
-from the plain one, ``auto`` packing where it was never measured (bf16, GPUs), or an impossible request accepted.
+from the plain one, ``auto`` packing where it was never measured (bf16 on AMX, GPUs), or an impossible request accepted.
 """
 from __future__ import annotations
 
@@ -26,6 +26,26 @@ def test_packed_linear_equals_f_linear(bias):
             got, want = packed(x), F.linear(x, lin.weight, lin.bias)
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), (x.shape, (got - want).abs().max())
+
+
+@pytest.mark.skipif(not onednn_available(torch.bfloat16), reason="oneDNN cannot pack bf16 weights on this CPU")
+def test_packed_linear_in_bfloat16_equals_f_linear_and_loads_as_auto_says(tiny_model_dir):
+    """bf16 packing (auto on AVX512-BF16 CPUs without AMX): products within bf16 rounding of F.linear's, and
+    load_model's auto packs exactly where resolve_linear_kernel says. Catches a bf16 weight packed as another dtype
+    (wrong numbers) and a load path that ignores the rule."""
+    from latentmas.engine.models import load_model
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    packed = PackedLinear(lin, keep_weight=False)
+    for x in (torch.randn(1, 64), torch.randn(8, 64), torch.randn(130, 64)):
+        x = x.to(torch.bfloat16)
+        with torch.no_grad():
+            got, want = packed(x).float(), F.linear(x, lin.weight, lin.bias).float()
+        assert torch.allclose(got, want, atol=2e-2, rtol=2e-2), (x.shape, (got - want).abs().max())
+    lm = load_model(str(tiny_model_dir("qwen2")), dtype="bfloat16", device="cpu")
+    assert lm.linear_kernel == resolve_linear_kernel("auto", torch.device("cpu"), torch.bfloat16)
+    assert any(isinstance(m, PackedLinear) for m in lm.model.modules()) == (lm.linear_kernel == "onednn")
 
 
 def test_packed_linear_refuses_another_dtype():
@@ -96,7 +116,13 @@ def test_auto_packs_only_where_measured_and_refuses_the_impossible(monkeypatch):
     monkeypatch.setattr(packed_linear, "onednn_available", lambda dtype: True)  # as on an AMX machine
     monkeypatch.setattr(packed_linear.platform, "machine", lambda: "x86_64")
     assert resolve_linear_kernel("auto", cpu, torch.float32) == "onednn"
-    assert resolve_linear_kernel("auto", cpu, torch.bfloat16) == "aten"  # unmeasured on AMX: not packed by default
+    for avx512_bf16, amx, packs in ((True, False, "onednn"), (True, True, "aten"), (False, False, "aten")):
+        flags = {"_is_avx512_bf16_supported": avx512_bf16, "_is_amx_tile_supported": amx}
+        monkeypatch.setattr(packed_linear, "_cpu_probe", flags.__getitem__)
+        # bf16 packing measured on AVX512-BF16 (Zen 4); unmeasured on AMX: not packed by default there
+        assert resolve_linear_kernel("auto", cpu, torch.bfloat16) == packs, flags
+        assert resolve_linear_kernel("auto", cpu, torch.float32) == "onednn", flags
+        assert resolve_linear_kernel("auto", cpu, torch.float16) == "aten", flags
     assert resolve_linear_kernel("auto", cpu, torch.float32, "compiled") == "aten"
     with pytest.raises(ValueError, match="decode_graph compiled"):
         resolve_linear_kernel("onednn", cpu, torch.float32, "compiled")

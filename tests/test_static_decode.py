@@ -89,6 +89,27 @@ def test_run_batch_latent_mas_same_texts_and_sliding_window_falls_back(tiny_lm):
         assert static == eager, arch
 
 
+def test_static_steps_report_progress_like_eager(tiny_lm):
+    """run_batch(progress=f) sees the same (agent, kind) events with decode_graph static as eager: one per prompt,
+    latent step and fed-back token. Catches a static step that skips the step hook (the bench's phase clock would
+    then bill its decode to "other") or reports another kind."""
+    from latentmas.engine.alignment import compute_alignment
+    from latentmas.engine.latent import LatentMapper
+
+    samples = [SampleInput(f"s{i}", q, "Answer.", i) for i, q in enumerate(["2+2?", "A longer question here?"])]
+    settings = MethodSettings("latent_mas", latent_steps=2, decode=DecodeSettings(8, True))
+    lm = tiny_lm("qwen2")
+    al = compute_alignment(lm.model)
+    mapper = LatentMapper(al.target_norm, al.w_a, lm.device, lm.dtype)
+    topo = load_topology("sequential")
+    events: dict[str, list[tuple[str, str]]] = {"eager": [], "static": []}
+    for graph, seen in events.items():
+        run_batch(dataclasses.replace(lm, decode_graph=graph), topo, samples, settings, mapper,
+                  progress=lambda agent, kind, seen=seen: seen.append((agent, kind)))
+    assert events["static"] == events["eager"]
+    assert events["static"].count((topo.final_agent.name, "text")) >= 1
+
+
 def test_unknown_decode_graph_is_refused(tiny_lm, tiny_model_dir):
     from latentmas.engine.models import ModelLoadError, load_model
 

@@ -43,6 +43,13 @@ def segment_starting() -> None:
         hook()
 
 
+def segment_appended(agent: str, kind: str) -> None:
+    """Tell :data:`STEP_HOOK` (if set) that one segment of ``kind`` by ``agent`` was appended."""
+    hook = STEP_HOOK.get()
+    if hook is not None:
+        hook(agent, kind)
+
+
 # How a padded multi-token segment (an agent's prompt) is computed. ``padded``: one forward over ``[B, S]``, pad
 # slots included (one large kernel per layer, what a GPU wants). ``per_row``: one forward per sample over its own
 # real tokens, written into the same cache layout: on a CPU the FLOPs are the cost and pads are ~28-32% of the demo's
@@ -158,9 +165,7 @@ def extend(
     batch.attention_mask = full_mask
     batch.next_position = batch.next_position + mask.sum(dim=1)
     batch.segments.append(Segment(agent, kind, start, batch.length))
-    hook = STEP_HOOK.get()
-    if hook is not None:
-        hook(agent, kind)
+    segment_appended(agent, kind)
     return last
 
 

@@ -7,9 +7,9 @@ the weight reordered once into its blocked layout (the primitive inductor's CPU 
 kernel's reduction order differs. The measurements live in docs/ENGINE.md, "Packed linears on the CPU".
 
 ``linear_kernel`` (a ``load_model`` argument): ``aten`` leaves every ``nn.Linear`` alone (the plain-PyTorch
-reference); ``onednn`` packs; ``auto`` packs on an x86-64 CPU in float32 (measured) and leaves bfloat16, other CPU
-architectures and every other device alone: bf16 packing needs AVX512-BW/VL/DQ or AVX-NE-CONVERT and is unmeasured
-on an AMX machine; oneDNN on Arm (ACL) is unmeasured too.
+reference); ``onednn`` packs; ``auto`` packs where it was measured faster: an x86-64 CPU in float32, and in bfloat16
+on an x86-64 CPU with AVX512-BF16 but no AMX (AMD Zen 4). It leaves bf16 on AMX machines (unmeasured), other CPU
+architectures (oneDNN on Arm: unmeasured) and every other device alone.
 """
 from __future__ import annotations
 
@@ -33,15 +33,31 @@ def onednn_available(dtype: torch.dtype) -> bool:
     return False
 
 
+def packing_measured_faster(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether packing was measured faster end to end on this kind of machine (docs/ENGINE.md, "Packed linears"):
+    float32 on x86-64 CPUs (AVX2 EPYC, AMX Xeon); bfloat16 on AVX512-BF16 CPUs without AMX (Zen 4 EPYC). bf16 on an
+    AMX machine is unmeasured, so it is not packed by default there."""
+    if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return _cpu_probe("_is_avx512_bf16_supported") and not _cpu_probe("_is_amx_tile_supported")
+    return False
+
+
+def _cpu_probe(name: str) -> bool:
+    return bool(getattr(torch.cpu, name, lambda: False)())
+
+
 def resolve_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype, decode_graph: str = "eager") -> str:
-    """``auto`` -> ``onednn`` on an x86-64 CPU in float32 (not under ``decode_graph: compiled``), ``aten``
+    """``auto`` -> ``onednn`` where :func:`packing_measured_faster` (not under ``decode_graph: compiled``), ``aten``
     elsewhere; an explicit ``onednn`` the machine or the graph cannot run is refused (one clear error before any
     work)."""
     if kernel not in LINEAR_KERNELS:
         raise ValueError(f"unknown linear kernel {kernel!r}; use one of {', '.join(LINEAR_KERNELS)}")
     if kernel == "auto":
-        measured = device.type == "cpu" and platform.machine().lower() in ("x86_64", "amd64") and \
-            dtype == torch.float32 and decode_graph != "compiled"
+        measured = packing_measured_faster(device, dtype) and decode_graph != "compiled"
         return "onednn" if measured and onednn_available(dtype) else "aten"
     if kernel == "onednn" and (device.type != "cpu" or not onednn_available(dtype)):
         raise ValueError(f"linear_kernel onednn needs a CPU whose oneDNN can pack {dtype} weights "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from latentmas.engine.kv import STEP_HOOK, SequenceBatch, _cache_kwarg, _has_sliding_layers, segment_starting
+from latentmas.engine.kv import SequenceBatch, _cache_kwarg, _has_sliding_layers, segment_appended, segment_starting
 
 DECODE_GRAPHS = ("eager", "static", "compiled")
 BUCKET = 256  # static cache columns are a multiple of this: one compiled graph per (batch size, bucket)
@@ -80,7 +80,5 @@ class StaticDecodeStep:
                                use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         self.column += 1
         self.batch.next_position = self.batch.next_position + on
-        hook = STEP_HOOK.get()
-        if hook is not None:
-            hook(self.agent, "text")
+        segment_appended(self.agent, "text")
         return out.logits[:, -1, :].clone()  # [B, V]: a CUDA-graph output buffer is overwritten by the next replay
