@@ -170,7 +170,13 @@ def test_bench_smoke_on_tiny_model(tiny_model_dir, tmp_path):
     assert list(pre) == ["text_mas/sequential", "latent_mas/sequential"]
     for r in pre.values():
         assert r["per_row"]["same_final_text_as_padded"] == 1.0 and 0 < r["prompt_pad_share"] < 1
+    # retire part: every row decoded to the end of its batch (the reference) vs finished rows retired; same texts
+    ret = {r["variant"]: r for r in result["retire"]}
+    assert list(ret) == ["text_mas/sequential", "latent_mas/sequential"]
+    assert all(r["on"]["same_final_text_as_off"] == 1.0 and r["on"]["samples_per_s"]["median"] > 0
+               for r in ret.values())
     md = (out / "bench.md").read_text()
+    assert "## Retiring finished rows" in md
     assert "## Trace level" in md and "## Compute dtype: float32 vs bfloat16" in md and "## Decode graphs" in md
     assert "## Prompt prefill" in md and "## Linear kernel: aten vs onednn" in md and "## Where the time goes" in md
 

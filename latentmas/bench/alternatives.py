@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from latentmas.bench.measure import Variant, _method_settings, clock, interleaved, runner, spread, step_costs
+from latentmas.engine.decoding import retire_mode
 from latentmas.engine.kv import prefill_mode
 from latentmas.engine.lens import TRACE_LEVELS
 from latentmas.engine.methods import SampleInput
@@ -102,10 +103,10 @@ def _versus_row(v: Variant, got: dict, samples: list[SampleInput], batch_size: i
     return row
 
 
-def _under_prefill(fn, mode: str):
-    """``fn`` with every prompt segment computed in prefill ``mode`` (engine/kv.py ``prefill_mode``)."""
+def _under(fn, switch, mode: str):
+    """``fn`` run inside ``switch(mode)``: an engine switch such as ``prefill_mode`` or ``retire_mode``."""
     def run(batch):
-        with prefill_mode(mode):
+        with switch(mode):
             return fn(batch)
 
     run.device = fn.device
@@ -120,10 +121,23 @@ def prefill_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs
     rows = []
     for v in vs:
         base = runner(lm, topologies[v.arch], _method_settings(v, settings), mapper)
-        got = interleaved({m: _under_prefill(base, m) for m in modes}, samples, batch_size, repeats)
+        got = interleaved({m: _under(base, prefill_mode, m) for m in modes}, samples, batch_size, repeats)
         row = _versus_row(v, got, samples, batch_size, modes)
         row["prompt_pad_share"] = _pad_share(got["outs"]["padded"], samples, batch_size)
         rows.append(row)
+    return rows
+
+
+def retire_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
+                   batch_size: int, repeats: int) -> list[dict]:
+    """The eager decode with every row kept to the end of its batch (the reference) vs finished rows retired from
+    later forwards: samples/s and identical final texts per variant. The numbers behind ``RETIRE``'s CPU default."""
+    modes = ["off", "on"]
+    rows = []
+    for v in vs:
+        base = runner(lm, topologies[v.arch], _method_settings(v, settings), mapper)
+        got = interleaved({m: _under(base, retire_mode, m) for m in modes}, samples, batch_size, repeats)
+        rows.append(_versus_row(v, got, samples, batch_size, modes))
     return rows
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from latentmas.contracts import COMPILED_CONFLICT, LINEAR_KERNELS
+from latentmas.engine.decoding import RETIRE_MODES, retire_mode
 from latentmas.engine.kv import PREFILL_MODES, prefill_mode
 from latentmas.engine.packed_linear import onednn_available
 
-PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "kernel", "trace", "graph", "prefill")
+PARTS = ("steps", "e2e", "scaling", "w_a", "dtype", "kernel", "trace", "graph", "prefill", "retire")
 QUICK = {"contexts": "32,64", "step_batch_sizes": "1,8", "step_repeats": 3, "n": 2, "batch_size": 2, "repeats": 1,
          "scaling_batch_sizes": "1,2", "max_new_tokens": 8, "agent_max_new_tokens": 4, "latent_steps": 2,
          "archs": "sequential"}
@@ -72,6 +73,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="how prompt segments are computed in every other part (docs/ENGINE.md, \"Prompt prefill\")")
     ap.add_argument("--prefill-methods", default="baseline,text_mas,latent_mas",
                     help="methods of the `prefill` part: prompt segments padded vs per row (docs/ENGINE.md)")
+    ap.add_argument("--retire", default="auto", choices=RETIRE_MODES,
+                    help="whether the decode drops finished rows from later forwards, in every other part "
+                         "(docs/ENGINE.md, \"Retiring finished rows\")")
+    ap.add_argument("--retire-methods", default="baseline,text_mas,latent_mas",
+                    help="methods of the `retire` part: every row decoded to the end of its batch vs finished rows "
+                         "retired")
     ap.add_argument("--backend", default="hf", help="hf, or hf,vllm: adds HF vs vLLM samples/s per method (vLLM "
                     "engine started once, after the HF parts on a CPU, before the HF model on a GPU)")
     ap.add_argument("--reference-json", default=None,
@@ -183,7 +190,7 @@ def cli_main(argv: list[str]) -> int:
     except (ModelLoadError, ValueError) as exc:  # bad input (BackendError is a ValueError): one message, exit 2
         print(f"latentmas bench: error: {exc}", file=sys.stderr)
         return 2
-    with prefill_mode(args.prefill):
+    with prefill_mode(args.prefill), retire_mode(args.retire):
         result = run_parts(args, lm, skip, backends, engine)
     from latentmas.bench import report
 
@@ -256,6 +263,10 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
         pvs = [v for v in first if v.method in args.prefill_methods.split(",")]
         result["prefill"] = alternatives.prefill_compare(run_lm, mapper, topologies, samples, pvs, settings,
                                                          args.batch_size, args.repeats)
+    if "retire" not in skip:
+        rvs = [v for v in first if v.method in args.retire_methods.split(",")]
+        result["retire"] = alternatives.retire_compare(run_lm, mapper, topologies, samples, rvs, settings,
+                                                       args.batch_size, args.repeats)
     if "vllm" in backends:
         llm, start_s = engine or _vllm_engine(args, lm.dtype)
         result["backends"] = {"engine_start_s": round(start_s, 1), "rows": alternatives.backend_compare(

@@ -213,7 +213,7 @@ def _two_ways_markdown(d: dict | None, title: str, label: str) -> list[str]:
 
 
 def _alternatives_markdown(result: dict) -> list[str]:
-    """The trace-level, dtype, kernel, decode-graph, prefill, reference and backend sections (each only when its part
+    """The trace-level, dtype, kernel, decode-graph, prefill, retire, reference and backend sections (each only when its part
     ran)."""
     lines = []
     if result.get("trace"):
@@ -244,6 +244,15 @@ def _alternatives_markdown(result: dict) -> list[str]:
             lines.append(f"| {r['variant']} | {r['batch_size']} | {r['prompt_pad_share']:.1%} | {_rate(pad)} | "
                          f"{_rate(row)} | {row['median'] / pad['median']:.2f} | "
                          f"{r['per_row']['same_final_text_as_padded']:.0%} |")
+    if result.get("retire"):
+        lines += ["", "## Retiring finished rows: every row to the end of its batch vs finished rows dropped "
+                  "(same samples, interleaved)", "",
+                  "| variant | batch | off samples/s | on samples/s | on/off | same final text as off |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["retire"]:
+            off, on = r["off"]["samples_per_s"], r["on"]["samples_per_s"]
+            lines.append(f"| {r['variant']} | {r['batch_size']} | {_rate(off)} | {_rate(on)} | "
+                         f"{on['median'] / off['median']:.2f} | {r['on']['same_final_text_as_off']:.0%} |")
     rows = reference_rows(result.get("reference"))
     if rows:
         lines += ["", "## Versus the original LatentMAS (its HF path, same model and samples, EOS ignored; docs/BENCH.md)",

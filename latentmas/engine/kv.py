@@ -235,6 +235,14 @@ def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, real: 
     return torch.cat(lasts, dim=0)
 
 
+def keep_rows(batch: SequenceBatch, rows: torch.Tensor) -> None:
+    """Drop every row of ``batch`` but ``rows`` ([L] long, increasing), in place: cache (transformers'
+    ``batch_select_indices``, which copies the kept rows), mask and positions. Segments are batch-aligned: unchanged."""
+    batch.cache.batch_select_indices(rows)
+    batch.attention_mask = batch.attention_mask[rows]
+    batch.next_position = batch.next_position[rows]
+
+
 def _has_sliding_layers(cache) -> bool:
     return any(getattr(layer, "is_sliding", False) for layer in cache.layers)
 
