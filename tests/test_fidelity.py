@@ -15,7 +15,7 @@ import torch
 from latentmas.engine import methods as M
 from latentmas.engine.alignment import compute_alignment
 from latentmas.engine.decoding import DecodeResult, DecodeSettings, decode
-from latentmas.engine.kv import SequenceBatch, SlidingWindowBatchError, extend, left_pad
+from latentmas.engine.kv import SequenceBatch, SlidingWindowBatchError, extend, keep_rows, left_pad
 from latentmas.engine.latent import LatentMapper, latent_rollout
 from latentmas.engine.models import (SAMPLING_FALLBACKS, THINK_TAG, effective_sampling, encode, load_model,
                                      render_chat)
@@ -427,6 +427,15 @@ def test_sliding_window_batches_are_refused_once_pads_enter_the_window(tiny_mode
     alone = SequenceBatch.empty(lm.model, 1, lm.device)
     ids, mask = left_pad([long_], lm.pad_token_id, lm.device)
     extend(lm.model, alone, mask, input_ids=ids, want="logits")
+    # a row left alone after its neighbour was retired (kv.keep_rows) still carries the neighbour's pad columns
+    pair = SequenceBatch.empty(lm.model, 2, lm.device)
+    ids, mask = left_pad([short, encode(lm.tokenizer, "abcd")], lm.pad_token_id, lm.device)
+    extend(lm.model, pair, mask, input_ids=ids, want="logits")
+    keep_rows(pair, torch.tensor([0]))
+    assert pair.batch_size == 1 and not bool(pair.attention_mask.all())
+    ids, mask = left_pad([encode(lm.tokenizer, "efghij")], lm.pad_token_id, lm.device)
+    with pytest.raises(SlidingWindowBatchError, match="batch size 1"):
+        extend(lm.model, pair, mask, input_ids=ids, want="logits")
 
 
 def test_gpqa_source_order_option(tmp_path):

@@ -70,8 +70,44 @@ def test_retiring_rows_changes_no_token_and_shrinks_the_forwards(tiny_lm, arch):
     # each forward computes only the rows still writing: one per row whose answer is longer than the step
     assert rows_on == [sum(n > s for n in lengths) for s in range(len(rows_on))]
     assert len(set(rows_on)) >= 3  # retired more than once: the row map went through a second trim
+    assert _decode(lm, [eos], "auto")[1] == rows_on  # auto on a CPU = on
+
+
+def test_auto_retires_on_a_cpu_only_and_never_where_rows_cannot_be_selected(tiny_lm):
+    from transformers.cache_utils import QuantizedLayer
+
+    from latentmas.engine.decoding import _retiring
+    from latentmas.engine.kv import rows_removable
+
     with retire_mode("auto"):
-        assert _decode(lm, [eos], "auto")[1] == rows_on  # auto on a CPU = on
+        assert _retiring(torch.device("cpu")) and not _retiring(torch.device("cuda"))
+    with retire_mode("on"):
+        assert _retiring(torch.device("cuda"))
+    batch = SequenceBatch.empty(tiny_lm("qwen2").model, 2, torch.device("cpu"))
+    assert rows_removable(batch)
+    quantized = type("Quantized", (QuantizedLayer,), {"_quantize": None, "_dequantize": None})
+    batch.cache.layers[0] = object.__new__(quantized)  # storage batch_select_indices would not trim
+    assert not rows_removable(batch)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_sampling_with_retiring_keeps_each_sample_on_its_own_stream(tiny_lm, penalty):
+    """Sampling (per-sample generators, uniforms drawn up front) and the repetition penalty's seen-token mask stay
+    indexed by the caller's rows after rows are retired: the same tokens as without retiring."""
+    lm = tiny_lm("qwen2")
+    eos = _staggered_eos(lm)
+    settings = DecodeSettings(STEPS, greedy=False, temperature=0.8, top_p=0.9, repetition_penalty=penalty)
+    runs = {}
+    for mode in ("off", "on"):
+        batch = SequenceBatch.empty(lm.model, len(PROMPTS), lm.device)
+        ids, mask = left_pad(PROMPTS, lm.pad_token_id, lm.device)
+        logits = extend(lm.model, batch, mask, input_ids=ids, want="logits")
+        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(PROMPTS))]
+        with retire_mode(mode):
+            runs[mode] = decode(lm.model, batch, logits, settings, [eos], lm.pad_token_id, "a", gens,
+                                context_ids=ids, context_mask=mask).tokens
+    assert runs["on"] == runs["off"]
+    assert len({len(t) for t in runs["off"]}) >= 2  # some rows did stop early
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3"])  # gemma3: sliding-window cache layers are trimmed too

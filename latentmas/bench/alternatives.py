@@ -113,18 +113,27 @@ def _under(fn, switch, mode: str):
     return run
 
 
+def switch_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
+                   batch_size: int, repeats: int, switch, modes: list[str]) -> tuple[list[dict], list[dict]]:
+    """The same work under each of an engine switch's ``modes`` (the reference first), interleaved: a samples/s
+    row per variant with the share of final texts equal to the reference's, and each variant's outputs."""
+    rows, outs = [], []
+    for v in vs:
+        base = runner(lm, topologies[v.arch], _method_settings(v, settings), mapper)
+        got = interleaved({m: _under(base, switch, m) for m in modes}, samples, batch_size, repeats)
+        rows.append(_versus_row(v, got, samples, batch_size, modes))
+        outs.append(got["outs"])
+    return rows, outs
+
+
 def prefill_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs: list[Variant], settings: dict,
                     batch_size: int, repeats: int) -> list[dict]:
     """Prompt segments as one padded forward (the reference) vs one forward per sample over its real tokens:
     samples/s and identical final texts per variant. The numbers behind ``PREFILL``'s per-device default."""
-    modes = ["padded", "per_row"]
-    rows = []
-    for v in vs:
-        base = runner(lm, topologies[v.arch], _method_settings(v, settings), mapper)
-        got = interleaved({m: _under(base, prefill_mode, m) for m in modes}, samples, batch_size, repeats)
-        row = _versus_row(v, got, samples, batch_size, modes)
-        row["prompt_pad_share"] = _pad_share(got["outs"]["padded"], samples, batch_size)
-        rows.append(row)
+    rows, outs = switch_compare(lm, mapper, topologies, samples, vs, settings, batch_size, repeats, prefill_mode,
+                                ["padded", "per_row"])
+    for row, out in zip(rows, outs):
+        row["prompt_pad_share"] = _pad_share(out["padded"], samples, batch_size)
     return rows
 
 
@@ -132,13 +141,8 @@ def retire_compare(lm, mapper, topologies: dict, samples: list[SampleInput], vs:
                    batch_size: int, repeats: int) -> list[dict]:
     """The eager decode with every row kept to the end of its batch (the reference) vs finished rows retired from
     later forwards: samples/s and identical final texts per variant. The numbers behind ``RETIRE``'s CPU default."""
-    modes = ["off", "on"]
-    rows = []
-    for v in vs:
-        base = runner(lm, topologies[v.arch], _method_settings(v, settings), mapper)
-        got = interleaved({m: _under(base, retire_mode, m) for m in modes}, samples, batch_size, repeats)
-        rows.append(_versus_row(v, got, samples, batch_size, modes))
-    return rows
+    return switch_compare(lm, mapper, topologies, samples, vs, settings, batch_size, repeats, retire_mode,
+                          ["off", "on"])[0]
 
 
 def _pad_share(outs: dict, samples: list[SampleInput], batch_size: int) -> float:

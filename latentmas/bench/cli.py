@@ -205,7 +205,6 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
     from latentmas.bench import alternatives, measure, report
     from latentmas.engine.latent import LatentMapper
     from latentmas.engine.methods import SampleInput
-    from latentmas.engine.models import dtype_name, load_model
     from latentmas.engine.topology import load_topology
     from latentmas.eval.tasks import get_task
 
@@ -242,15 +241,7 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
                                                    settings, args.batch_size, args.repeats, mapper)
     other = None if "dtype" in skip else _other_dtype(args, lm)
     if other:
-        lm_b = load_model(args.model, dtype=other, device=str(lm.device), decode_graph=lm.decode_graph,
-                          linear_kernel=_same_kernel(lm, other))
-        models = {dtype_name(lm.dtype): run_lm,
-                  dtype_name(lm_b.dtype): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
-        mappers = dict(zip(models, (mapper, LatentMapper(al.target_norm, al.w_a, lm_b.device, lm_b.dtype))))
-        dvs = [v for v in first if v.method in args.dtype_methods.split(",")]
-        result["dtype"] = alternatives.model_compare(models, mappers, topologies, samples, dvs, settings,
-                                                     args.batch_size, args.repeats, 512, args.step_repeats)
-        del lm_b, models, mappers
+        result["dtype"] = _dtype_part(args, lm, run_lm, other, al, mapper, topologies, samples, first, settings)
     if "kernel" not in skip and lm.device.type == "cpu" and onednn_available(lm.dtype) and \
             lm.decode_graph != "compiled":
         result["kernel"] = _kernel_part(args, lm, run_lm, mapper, topologies, samples, first, settings)
@@ -263,7 +254,7 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
         pvs = [v for v in first if v.method in args.prefill_methods.split(",")]
         result["prefill"] = alternatives.prefill_compare(run_lm, mapper, topologies, samples, pvs, settings,
                                                          args.batch_size, args.repeats)
-    if "retire" not in skip:
+    if "retire" not in skip and lm.decode_graph == "eager" and not args.ignore_eos:  # else nothing is retired
         rvs = [v for v in first if v.method in args.retire_methods.split(",")]
         result["retire"] = alternatives.retire_compare(run_lm, mapper, topologies, samples, rvs, settings,
                                                        args.batch_size, args.repeats)
@@ -275,6 +266,22 @@ def run_parts(args, lm, skip: set, backends: list[str], engine) -> dict:
         result["reference"] = json.loads(Path(args.reference_json).read_text())
     result["summary"] = report.summarise(result, on_gpu)
     return result
+
+
+def _dtype_part(args, lm, run_lm, other: str, al, mapper, topologies, samples, first, settings) -> dict:
+    """The main model vs the same model loaded in dtype ``other``, interleaved (the numbers behind the CPU dtype)."""
+    from latentmas.bench import alternatives, measure
+    from latentmas.engine.latent import LatentMapper
+    from latentmas.engine.models import dtype_name, load_model
+
+    lm_b = load_model(args.model, dtype=other, device=str(lm.device), decode_graph=lm.decode_graph,
+                      linear_kernel=_same_kernel(lm, other))
+    models = {dtype_name(lm.dtype): run_lm,
+              dtype_name(lm_b.dtype): measure.without_eos(lm_b) if args.ignore_eos else lm_b}
+    mappers = dict(zip(models, (mapper, LatentMapper(al.target_norm, al.w_a, lm_b.device, lm_b.dtype))))
+    dvs = [v for v in first if v.method in args.dtype_methods.split(",")]
+    return alternatives.model_compare(models, mappers, topologies, samples, dvs, settings, args.batch_size,
+                                      args.repeats, 512, args.step_repeats)
 
 
 def _same_kernel(lm, dtype: str) -> str:

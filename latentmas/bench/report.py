@@ -213,8 +213,8 @@ def _two_ways_markdown(d: dict | None, title: str, label: str) -> list[str]:
 
 
 def _alternatives_markdown(result: dict) -> list[str]:
-    """The trace-level, dtype, kernel, decode-graph, prefill, retire, reference and backend sections (each only when its part
-    ran)."""
+    """The trace-level, dtype, kernel, decode-graph, prefill, retire, reference and backend sections (each only
+    when its part ran)."""
     lines = []
     if result.get("trace"):
         lines += ["", "## Trace level (latent_mas, same samples, interleaved)", "",

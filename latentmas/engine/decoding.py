@@ -4,16 +4,15 @@ Why not ``model.generate``: our caches carry pad slots in the middle (from left-
 per-sample positions; generate would re-derive positions from the mask. This loop feeds one token per step with
 the same explicit bookkeeping as every other segment and computes logits for the last position only.
 
-Hot path (one step): the forward, then device-side bookkeeping (finite check, pick, EOS, token buffer) and exactly
-one host synchronisation (``done.sum()``); there is no Python loop over the batch. Generated ids stay in a device
-buffer and are copied to the host once, at the end.
+Hot path (one step): the forward, then device-side bookkeeping (finite check, pick, EOS, token buffer) and one
+host synchronisation (``done.sum()``; a step that retires rows adds one more); there is no Python loop over the
+batch. Generated ids stay in a device buffer and are copied to the host once, at the end.
 
 Finished rows are retired (:data:`RETIRE`): once a sample has stopped, the eager loop drops its row from the batch
-so that later forwards compute only the rows still writing. On a CPU a step's cost grows with its rows (demo model,
-bf16, context 512: 55 ms at 1 row, 80 ms at 8), and at batch 8 a batch decodes until its longest answer ends, so
-retiring saves the finished rows' share of every later step (docs/ENGINE.md, "Retiring finished rows"). A row's
-numbers do not depend on its neighbours (explicit positions and masks), so results are unchanged up to kernel
-reduction order; with oneDNN-packed linears they were identical in our tests.
+so that later forwards compute only the rows still writing. On a CPU a step's cost grows with its rows, and a batch
+decodes until its longest answer ends, so retiring saves the finished rows' share of every later step (numbers:
+docs/ENGINE.md, "Decoding"). A row's numbers do not depend on its neighbours (explicit positions and masks), so
+results are unchanged up to kernel reduction order; with oneDNN-packed linears they were identical in our tests.
 
 Sampling honours the same knobs as transformers' ``generate`` and in its order: repetition penalty (a logits
 processor, so it applies to greedy decoding too, as in transformers), then temperature, top-k, top-p, min-p. Each
@@ -29,12 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
-from latentmas.engine.kv import SequenceBatch, extend, keep_rows
+from latentmas.engine.kv import SequenceBatch, extend, keep_rows, rows_removable
 from latentmas.engine.static_decode import DECODE_GRAPHS, StaticDecodeStep, static_capable
 
 # Whether the eager decode retires finished rows: ``on``, ``off`` (every row stays in every forward until the whole
 # batch is done: the behaviour before retiring existed), ``auto`` (default): on a CPU, where a step's cost grows with
-# its rows (measured), off elsewhere (a GPU step costs about the same at 1 and 8 rows; unmeasured there).
+# its rows (measured), off elsewhere (a GPU step is expected to cost about the same at 1 and 8 rows; unmeasured).
+# Caches whose rows transformers cannot select (quantized, linear attention: kv.rows_removable) are never retired.
 RETIRE_MODES = ("auto", "on", "off")
 RETIRE: contextvars.ContextVar[str] = contextvars.ContextVar("RETIRE", default="auto")
 
@@ -181,7 +181,7 @@ def decode(model, batch: SequenceBatch, first_logits: torch.Tensor, settings: De
     seen = _presence(context_ids, context_mask, bsz, vocab, device) if penalise else None
     fixed = (StaticDecodeStep(model, batch, steps, graph == "compiled", agent)
              if graph != "eager" and steps > 1 and static_capable(batch) else None)
-    retire = fixed is None and _retiring(device)
+    retire = fixed is None and _retiring(device) and rows_removable(batch)
     live: torch.Tensor | None = None  # [L]: the caller's row ids still in ``batch`` once rows were retired
     logits = first_logits  # [B, V]
     for step in range(steps):

@@ -235,9 +235,21 @@ def _forward_rows_apart(target, batch: SequenceBatch, mask: torch.Tensor, real: 
     return torch.cat(lasts, dim=0)
 
 
+def rows_removable(batch: SequenceBatch) -> bool:
+    """Whether :func:`keep_rows` can drop rows of this batch's cache: every layer holds plain ``[B, H, T, D]`` keys
+    and values (full or sliding-window attention). transformers' ``batch_select_indices`` does not trim quantized
+    storage or linear-attention states, so such caches keep every row."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    return all(type(layer) in PLAIN_LAYERS or type(layer) is DynamicSlidingWindowLayer for layer in batch.cache.layers)
+
+
 def keep_rows(batch: SequenceBatch, rows: torch.Tensor) -> None:
     """Drop every row of ``batch`` but ``rows`` ([L] long, increasing), in place: cache (transformers'
-    ``batch_select_indices``, which copies the kept rows), mask and positions. Segments are batch-aligned: unchanged."""
+    ``batch_select_indices``, which copies the kept rows), mask and positions. Segments are batch-aligned: unchanged.
+    A row left alone keeps the pad columns its former neighbours caused (the sliding-window check still sees them)."""
+    if not rows_removable(batch):
+        raise ValueError("keep_rows: this cache has layers whose rows transformers cannot select")
     batch.cache.batch_select_indices(rows)
     batch.attention_mask = batch.attention_mask[rows]
     batch.next_position = batch.next_position[rows]
@@ -258,9 +270,10 @@ def check_sliding_window(model, batch: SequenceBatch, full_mask: torch.Tensor) -
     *columns*, pads included, while our batches carry pad columns in the middle of sequences (left-padded later
     segments). Once a sequence is longer than the window, a sample sees fewer of its own tokens the more padding its
     neighbours caused, so its numbers depend on the batch. Exactness would need a per-sample window in real tokens,
-    which the attention kernels do not offer; batch size 1 has no pad columns and is exact.
+    which the attention kernels do not offer; batch size 1 has no pad columns and is exact. (A row left alone by
+    retiring its neighbours still carries their pad columns, so the check looks at the mask, not the batch size.)
     """
-    if batch.batch_size < 2 or not _has_sliding_layers(batch.cache):
+    if not _has_sliding_layers(batch.cache):
         return
     window = getattr(getattr(model, "config", None), "sliding_window", None)
     if window is None or full_mask.shape[1] <= int(window) or bool(full_mask.all()):

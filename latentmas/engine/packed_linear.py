@@ -35,7 +35,7 @@ def onednn_available(dtype: torch.dtype) -> bool:
 
 def packing_measured_faster(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether packing was measured faster end to end on this kind of machine (docs/ENGINE.md, "Packed linears"):
-    float32 on x86-64 CPUs (AVX2 EPYC, AMX Xeon); bfloat16 on AVX512-BF16 CPUs without AMX (Zen 4 EPYC). bf16 on an
+    float32 on x86-64 CPUs (measured on AVX2 EPYCs); bfloat16 on AVX512-BF16 CPUs without AMX (Zen 4 EPYC). bf16 on an
     AMX machine is unmeasured, so it is not packed by default there."""
     if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "shapes) or compiled (static + torch.compile; CUDA graphs on a GPU): docs/ENGINE.md")
     ap.add_argument("--linear-kernel", default="auto", choices=LINEAR_KERNELS,
                     help="linears through weights oneDNN packed once (onednn), or plain PyTorch (aten); auto = onednn "
-                         "where measured faster (docs/ENGINE.md, \"Packed linears on the CPU\")")
+                         "on x86-64 CPUs where measured faster (docs/ENGINE.md, \"Packed linears on the CPU\")")
     ap.add_argument("--backend", default="hf", choices=BACKENDS,
                     help="hf = our transformers loop (the reference); vllm = vLLM decodes (docs/ENGINE.md)")
     add_vllm_options(ap)
