@@ -118,7 +118,7 @@ def test_auto_packs_only_where_measured_and_refuses_the_impossible(monkeypatch):
     assert resolve_linear_kernel("auto", cpu, torch.float32) == "onednn"
     for avx512_bf16, amx, packs in ((True, False, "onednn"), (True, True, "aten"), (False, False, "aten")):
         flags = {"_is_avx512_bf16_supported": avx512_bf16, "_is_amx_tile_supported": amx}
-        monkeypatch.setattr(packed_linear, "_cpu_probe", flags.__getitem__)
+        monkeypatch.setattr(packed_linear, "cpu_supports", flags.__getitem__)
         # bf16 packing measured on AVX512-BF16 (Zen 4); unmeasured on AMX: not packed by default there
         assert resolve_linear_kernel("auto", cpu, torch.bfloat16) == packs, flags
         assert resolve_linear_kernel("auto", cpu, torch.float32) == "onednn", flags

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from latentmas.engine.packed_linear import pack_linears, resolve_linear_kernel
+from latentmas.engine.packed_linear import cpu_supports, pack_linears, resolve_linear_kernel
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,7 @@ def cpu_has_native_bf16() -> bool:
     """AMX-BF16 or AVX512-BF16 present. Without either, torch emulates bf16 and it is several times slower than
     float32, the opposite of the AMX machine the demo's bf16 was chosen on (numbers: docs/ENGINE.md, "Compute
     dtype")."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return cpu_supports("_is_amx_tile_supported") or cpu_supports("_is_avx512_bf16_supported")
 
 
 def pinned_dtype_name(dtype: str, device: str) -> str:
@@ -211,7 +210,8 @@ def load_model(
     SDPA for prompts and :mod:`latentmas.engine.attention` for single-query steps. ``decode_graph``: eager (the exact
     reference loop), static or compiled (``torch.compile``; CUDA graphs on a GPU): docs/ENGINE.md, "Decode graphs".
     ``linear_kernel``: auto | onednn | aten — whether the linears run through weights oneDNN packed once
-    (:mod:`latentmas.engine.packed_linear`; auto = on an x86-64 CPU in float32, never under ``decode_graph: compiled``).
+    (:mod:`latentmas.engine.packed_linear`; auto = on x86-64 CPUs where measured faster, never under
+    ``decode_graph: compiled``).
     """
     from latentmas.engine.static_decode import DECODE_GRAPHS
 

@@ -42,12 +42,14 @@ def packing_measured_faster(device: torch.device, dtype: torch.dtype) -> bool:
     if dtype == torch.float32:
         return True
     if dtype == torch.bfloat16:
-        return _cpu_probe("_is_avx512_bf16_supported") and not _cpu_probe("_is_amx_tile_supported")
+        return cpu_supports("_is_avx512_bf16_supported") and not cpu_supports("_is_amx_tile_supported")
     return False
 
 
-def _cpu_probe(name: str) -> bool:
-    return bool(getattr(torch.cpu, name, lambda: False)())
+def cpu_supports(probe: str) -> bool:
+    """torch's CPU feature probe ``torch.cpu.<probe>()`` (e.g. ``_is_avx512_bf16_supported``); False where this
+    torch has no such probe."""
+    return bool(getattr(torch.cpu, probe, lambda: False)())
 
 
 def resolve_linear_kernel(kernel: str, device: torch.device, dtype: torch.dtype, decode_graph: str = "eager") -> str:
