@@ -63,7 +63,25 @@ def test_batch_scaling_bound_by_prompts():
     env = {"model": "m", "device": "cpu", "device_name": "x", "dtype": "float32", "threads": 2, "torch": "t",
            "transformers": "t", "git_commit": "c"}
     md = markdown({"environment": env, "summary": s, "settings": {}})
-    assert "| `batch8_over_batch1.latent_mas` | 3.0 | 2.5 | True | 5.0 |" in md  # the bound shown beside the ratio
+    assert "| `batch8_over_batch1.latent_mas` | 3.0 | 2.5 | True | 5.0 (bound_by_prompts) |" in md  # beside the ratio
+
+
+def test_end_to_end_bound_full_batches():
+    """bound_full_batches = text_mas s/sample over latent_mas's with its text phase replaced by its generated tokens
+    at the cheapest per-token decode cost of step-cost cells no larger than the end-to-end batch. Catches the bound
+    taken from a batch larger than the run's (batch 16's 1 ms/token here), the text phase not removed, the decode
+    step not divided by its batch, the ratio upside down, and a bound claimed without phases or step costs."""
+    r = _constructed()
+    r["step_costs"] = [{"latent_over_decode": 0.8, "batch_size": b, "decode_ms": _sp(ms)}
+                       for b, ms in ((1, 40.0), (8, 48.0), (16, 16.0))]
+    lat = r["end_to_end"]["latent_mas/sequential"]
+    lat["batch_size"] = 8
+    lat["phases_s_per_sample"] = {"prompt": 0.5, "latent": 0.2, "text": 0.8, "other": 0.1}
+    s = summarise(r, on_gpu=False)  # floor: 1.6 - 0.8 + 100 tokens x 6 ms = 1.4 s; text_mas 8.0 s
+    assert s["text_over_latent_end_to_end"]["bound_full_batches"] == round(8.0 / 1.4, 4)
+    assert s["text_over_latent_end_to_end"]["value"] == 5.0
+    del lat["phases_s_per_sample"]
+    assert "bound_full_batches" not in summarise(r, on_gpu=False)["text_over_latent_end_to_end"]
 
 
 def test_phase_clock_bills_forwards_to_their_kind_and_gaps_to_other(monkeypatch):
