@@ -37,6 +37,22 @@ def test_matches_sdpa_with_grouped_heads_and_padding(dtype, tol):
     assert torch.allclose(got.float(), _reference(q, k, v, mask, 0.31), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
+def test_keys_as_a_view_into_a_longer_cache(dtype, tol):
+    """Keys and values as the reserved cache hands them over: the first T columns of a longer buffer (strided, not
+    contiguous). Half precision takes the K·qᵀ order (_scores); catches it read back untransposed or with the query
+    groups and columns swapped, and a buffer column past T leaking into the scores (the tail holds NaN here)."""
+    g = torch.Generator().manual_seed(1)
+    buf_k, buf_v = (torch.randn(2, 2, 50, 16, generator=g).to(dtype) for _ in range(2))
+    buf_k[:, :, 37:], buf_v[:, :, 37:] = float("nan"), float("nan")
+    k, v = buf_k[:, :, :37], buf_v[:, :, :37]  # [B, Hkv, T, D] views with the buffer's strides
+    q = torch.randn(2, 6, 1, 16, generator=g).to(dtype)  # groups of 3 query heads
+    mask = torch.ones(2, 1, 1, 37, dtype=torch.bool)
+    mask[0, :, :, :5] = False  # a left-padded row
+    got, _ = single_query_attention(types.SimpleNamespace(training=False), q, k, v, mask, scaling=0.25)
+    assert torch.allclose(got.float(), _reference(q, k.contiguous(), v.contiguous(), mask, 0.25), atol=tol, rtol=tol)
+
+
 def test_value_heads_narrower_than_query_heads():
     """DeepSeek-style heads (value width != query width): the output takes the value width."""
     q, k = torch.randn(2, 4, 1, 24), torch.randn(2, 2, 9, 24)

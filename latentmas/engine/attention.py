@@ -34,7 +34,7 @@ def single_query_attention(module, query: torch.Tensor, key: torch.Tensor, value
     group = heads // kv_heads
     scale = dim ** -0.5 if scaling is None else scaling
     q = query.reshape(bsz, kv_heads, group, dim)  # [B, Hkv, g, D]: the query heads that share one kv head
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [B, Hkv, g, T]
+    scores = _scores(q, key).float() * scale  # [B, Hkv, g, T]
     if attention_mask is not None:
         allowed = attention_mask[:, :, -1, -cols:]  # [B, 1, T]
         if allowed.dtype == torch.bool:
@@ -44,6 +44,18 @@ def single_query_attention(module, query: torch.Tensor, key: torch.Tensor, value
     probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [B, Hkv, g, T]
     out = torch.matmul(probs, value)  # [B, Hkv, g, D]
     return out.reshape(bsz, 1, heads, value.shape[-1]), None  # value heads may be narrower than query heads
+
+
+def _scores(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """q·Kᵀ for q [B, Hkv, g, D] and key [B, Hkv, T, D] (often a view into a longer reserved cache); [B, Hkv, g, T].
+
+    Why two orders: in bfloat16/float16 PyTorch's CPU batched matmul is slow on a transposed key view (measured on
+    a Zen 4 CPU, batch 8, 2048 columns: 0.68 ms per call, 0.15 ms for (K·qᵀ)ᵀ, bit-identical results), so half
+    precision computes K·qᵀ and reads it transposed; float32 (MKL, which takes the strides as they are) is faster
+    the usual way round (0.27 vs 0.45 ms) and keeps it."""
+    if key.dtype in (torch.bfloat16, torch.float16):
+        return torch.matmul(key, q.transpose(-1, -2)).transpose(-1, -2)
+    return torch.matmul(q, key.transpose(-1, -2))
 
 
 def register() -> str:
