@@ -168,3 +168,57 @@ def test_invalid_settings_fail_with_one_message_naming_them():
         DecodeSettings(8, greedy=True, top_p=0.0, top_k=-1)
     with pytest.raises(ValueError, match="temperature=0"):
         DecodeSettings(8, greedy=False, temperature=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_finite_rows_equals_isfinite_all(dtype):
+    """The per-step finite check (max/min of each row) against isfinite().all(): catches a NaN that does not
+    propagate into the row's max, -inf missed (only the max looked at), and a huge finite value flagged."""
+    from latentmas.engine.decoding import finite_rows
+
+    x = torch.randn(6, 1000, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[1, 17], x[2, 999], x[3, 0], x[5, 3] = float("nan"), float("inf"), float("-inf"), torch.finfo(dtype).max
+    x[4, 5], x[4, 6] = float("inf"), float("-inf")
+    assert finite_rows(x).tolist() == torch.isfinite(x).all(dim=-1).tolist() == [True, False, False, False, False,
+                                                                                 True]
+
+
+def test_greedy_pick_equals_float32_argmax_with_ties():
+    """bf16 logits tie often; the first maximal id must win, as float32 argmax (the reference pick) has it."""
+    from latentmas.engine.decoding import greedy_pick
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(8, 5000, generator=g).to(torch.bfloat16)
+        top = x.float().max(dim=-1).values.to(torch.bfloat16)
+        x.scatter_(1, torch.randint(0, 5000, (8, 3), generator=g), top[:, None].expand(8, 3))  # ties at the top
+        assert torch.equal(greedy_pick(x), pick_tokens(x, DecodeSettings(4), None))
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_non_finite_logits_stop_their_row_only(monkeypatch, greedy):
+    """A row whose logits turn NaN or -inf at step 2 stops there with nonfinite_at = 2 and keeps the tokens it had;
+    the other row decodes on. Catches the finite check missing -inf or NaN, a done row emitting, and the step
+    recorded off by one; greedy takes the fast pick, sampling the float32 path."""
+    import latentmas.engine.decoding as dec
+
+    vocab, calls = 16, []
+
+    def fake_extend(model, batch, mask, *, input_ids, **kw):  # logits after each fed token, [B, V]
+        calls.append(input_ids[:, 0].tolist())
+        logits = torch.full((input_ids.shape[0], vocab), -50.0)
+        logits[:, 3] = 50.0
+        if len(calls) == 2:  # the logits the loop checks at step 2
+            logits[1, 7], logits[2, 0] = float("nan"), float("-inf")
+        return logits.to(torch.bfloat16)
+
+    monkeypatch.setattr(dec, "extend", fake_extend)
+    first = fake_extend(None, None, None, input_ids=torch.zeros(3, 1, dtype=torch.long))
+    calls.clear()
+    settings = DecodeSettings(5, greedy=greedy, temperature=1.0, top_p=1.0)
+    gens = None if greedy else [torch.Generator().manual_seed(i) for i in range(3)]
+    with dec.retire_mode("off"):
+        res = dec.decode(None, None, first, settings, eos_ids=[15], pad_id=0, agent="a", generators=gens)
+    assert res.nonfinite_at == [None, 2, 2]
+    assert res.tokens == [[3] * 5, [3, 3], [3, 3]]
+    assert calls[2:] == [[3, 0, 0]] * 2  # stopped rows are fed the pad id

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from latentmas.engine.decoding import DecodeSettings, pick_tokens
+from latentmas.engine.decoding import DecodeSettings, finite_rows, greedy_pick
 from latentmas.engine.kv import SEGMENT_START, SequenceBatch, extend
 from latentmas.engine.methods import MethodSettings, SampleInput, run_batch
 from latentmas.engine.models import LoadedModel
@@ -144,7 +144,6 @@ def step_costs(lm: LoadedModel, mapper, contexts: list[int], batch_sizes: list[i
     alternated step by step on two caches prefilled identically."""
     rows = []
     eos = torch.tensor(sorted(set(lm.eos_token_ids)), device=lm.device)
-    greedy = DecodeSettings(1, True)
     for context in contexts:
         for bsz in batch_sizes:
             lat_batch, hidden = _prefilled(lm, bsz, context)
@@ -161,8 +160,9 @@ def step_costs(lm: LoadedModel, mapper, contexts: list[int], batch_sizes: list[i
                                         kind="latent")
                     else:
                         logits = extend(lm.model, dec_batch, ones, input_ids=tok, want="logits", kind="text")
-                        nxt = pick_tokens(logits, greedy, None)
-                        bool(torch.isin(nxt, eos).all())
+                        finite = finite_rows(logits)  # what the greedy decode loop does per step
+                        nxt = greedy_pick(logits)
+                        bool((torch.isin(nxt, eos) | ~finite).all())
                         tok = nxt[:, None]
                     if i > 0:
                         times[kind].append((clock(lm.device) - t0) * 1e3)
