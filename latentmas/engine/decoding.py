@@ -22,38 +22,25 @@ only on its own seed and logits, never on its batch neighbours.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from dataclasses import dataclass
 
 import torch
 
 from latentmas.engine.kv import SequenceBatch, extend, keep_rows, rows_removable
 from latentmas.engine.static_decode import DECODE_GRAPHS, StaticDecodeStep, static_capable
+from latentmas.engine.switches import Switch
 
 # Whether the eager decode retires finished rows: ``on``, ``off`` (every row stays in every forward until the whole
 # batch is done: the behaviour before retiring existed), ``auto`` (default): on a CPU, where a step's cost grows with
 # its rows (measured), off elsewhere (a GPU step is expected to cost about the same at 1 and 8 rows; unmeasured).
 # Caches whose rows transformers cannot select (quantized, linear attention: kv.rows_removable) are never retired.
-RETIRE_MODES = ("auto", "on", "off")
-RETIRE: contextvars.ContextVar[str] = contextvars.ContextVar("RETIRE", default="auto")
-
-
-@contextlib.contextmanager
-def retire_mode(mode: str):
-    """Every eager decode inside the ``with`` block retires finished rows per ``mode`` (:data:`RETIRE_MODES`)."""
-    if mode not in RETIRE_MODES:
-        raise ValueError(f"unknown retire mode {mode!r}; use one of {', '.join(RETIRE_MODES)}")
-    token = RETIRE.set(mode)
-    try:
-        yield
-    finally:
-        RETIRE.reset(token)
+RETIRE = Switch("retire", ("auto", "on", "off"), on_cpu="on", elsewhere="off")
+RETIRE_MODES = RETIRE.modes
+retire_mode = RETIRE.mode  # ``with retire_mode("off"):`` every eager decode inside keeps all its rows
 
 
 def _retiring(device: torch.device) -> bool:
-    mode = RETIRE.get()
-    return mode == "on" or (mode == "auto" and device.type == "cpu")
+    return RETIRE.resolve(device) == "on"
 
 
 @dataclass(frozen=True)

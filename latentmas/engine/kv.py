@@ -17,7 +17,6 @@ the same numbers, but a one-column append writes in place instead of copying the
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import inspect
@@ -27,6 +26,7 @@ from typing import Callable
 import torch
 
 from latentmas.engine.reserved_cache import PLAIN_LAYERS, reserve_columns
+from latentmas.engine.switches import Switch
 
 # Called after every segment appended by :func:`extend` with (agent, kind): one call per prompt, latent step or
 # generated token. Set by ``run_batch(progress=...)`` so a person can watch a long batch; None (default) costs nothing.
@@ -55,18 +55,9 @@ def segment_appended(agent: str, kind: str) -> None:
 # real tokens, written into the same cache layout: on a CPU the FLOPs are the cost and pads are ~28-32% of the demo's
 # prompt slots at batch 8 (1.03-1.11x end to end, lower peak memory; docs/ENGINE.md, "Prompt prefill").
 # ``auto`` (default): per_row on a CPU, padded elsewhere.
-PREFILL_MODES = ("auto", "padded", "per_row")
-PREFILL: contextvars.ContextVar[str] = contextvars.ContextVar("PREFILL", default="auto")
-
-
-@contextlib.contextmanager
-def prefill_mode(mode: str):
-    """Every prompt segment inside the ``with`` block is computed in ``mode`` (one of :data:`PREFILL_MODES`)."""
-    token = PREFILL.set(mode)
-    try:
-        yield
-    finally:
-        PREFILL.reset(token)
+PREFILL = Switch("prefill", ("auto", "padded", "per_row"), on_cpu="per_row", elsewhere="padded")
+PREFILL_MODES = PREFILL.modes
+prefill_mode = PREFILL.mode  # ``with prefill_mode("padded"):`` every prompt segment inside is computed that way
 
 
 def _cache_kwarg(model) -> str:
@@ -187,12 +178,8 @@ def _rows_apart(batch: SequenceBatch, mask: torch.Tensor) -> list[int] | None:
     bsz, width = mask.shape
     if bsz < 2 or width < 2:
         return None
-    mode = PREFILL.get()
-    if mode == "auto":
-        mode = "per_row" if mask.device.type == "cpu" else "padded"
-    if mode not in PREFILL_MODES:
-        raise ValueError(f"unknown prefill mode {mode!r}; use one of {', '.join(PREFILL_MODES)}")
-    if mode != "per_row" or not all(type(layer) in PLAIN_LAYERS for layer in batch.cache.layers):
+    if PREFILL.resolve(mask.device) != "per_row" or not all(type(layer) in PLAIN_LAYERS
+                                                           for layer in batch.cache.layers):
         return None  # sliding-window, linear-attention or quantized layers keep the padded forward
     real = mask.sum(dim=1).tolist()  # [B]: one host sync per prompt segment
     return real if min(real) > 0 and min(real) < width else None  # a token in every row, and padding to skip
